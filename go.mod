@@ -1,6 +1,6 @@
 module github.com/lectic-nix-sandbox/lectic-nix-sandbox
 
-go 1.26.8
+go 1.25.0
 
 require (
 	github.com/cyphar/filepath-securejoin v0.7.0
