@@ -1,8 +1,59 @@
 // Package namespace is the adapter to runc's libcontainer: it takes an OCI
 // spec from package oci, mounts the per-container overlay root, and creates,
 // starts and destroys the container. It also holds the libcontainer init
-// re-exec entry and the host capability probes behind --doctor.
+// re-exec entry (IsInit/Init) and the host capability probes behind
+// --doctor (Doctor, and IsProbe/RunProbe for the probe children: main must
+// run `if namespace.IsProbe() { os.Exit(namespace.RunProbe()) }` early,
+// beside the IsInit check, or the doctor's namespace probes fail).
 //
 // It does not decide what the container looks like (package oci) nor how
 // commands reach it (package warm).
+//
+// # Where Create runs
+//
+// Create runs in the supervisor: a re-executed copy of the binary started
+// with CreatorSysProcAttr, alone in a new user namespace (uid/gid 0 = the
+// caller, size 1) and a new mount namespace. There it may mount the overlay
+// root (libcontainer refuses an overlay at "/" and creates mountpoints in a
+// read-only root, so the root it gets is the overlay's merged dir).
+//
+// # Nesting and capabilities
+//
+// The container does not get a user namespace of its own: it shares the
+// supervisor's. Levels are host -> supervisor/container -> the per-command
+// namespace the agent makes to run as the caller's uid, one fewer than a
+// nested container namespace; and the mapping is already what a container
+// namespace would map (0 = the caller), so a nested one adds nothing.
+// libcontainer treats this as "root in a user namespace" (RootlessEUID is
+// false at euid 0, as in runc), which is how rootless Docker runs runc.
+//
+// The container's mount namespace is therefore owned by the supervisor's
+// user namespace, and the init holds only podman's default capabilities
+// there, with no CAP_SYS_ADMIN in effective, permitted or bounding sets and
+// no_new_privs set. Nothing inside can mount or remount (so the read-only
+// agent binary stays read-only, tested) and nothing can regain the
+// capability by exec. A process that makes a new user namespace inside gets
+// CAP_SYS_ADMIN only over namespaces it creates; mounts it inherits from
+// ours are locked by the kernel and cannot be made writable there.
+//
+// # Root file system
+//
+// The cached rootfs is bound read-only and is the overlay's only lower
+// layer; mountpoints and EtcFiles are created in the merged dir, so in the
+// upper layer, with every path resolved inside the root (openat2
+// RESOLVE_IN_ROOT), so an image symlink can never point Create at the
+// host. A Volatile container keeps its upper layer on a tmpfs (see
+// CreateOptions.Volatile): on disk, each directory the overlay and the
+// mountpoints need is a journaled metadata write, about 1 ms each on the
+// development VM, and that was half of a cold start.
+//
+// # Cgroups
+//
+// Cgroups are not delegated on the hosts we target, so the libcontainer
+// config is rootless for cgroups: controllers it cannot write are skipped
+// (libcontainer's own rule, which holds for an unprivileged caller), and
+// device cgroup rules are dropped since a user namespace cannot set them;
+// device access is limited by what is bound into /dev. When the caller is
+// root, the v1 hierarchy is writable and libcontainer puts the init in a
+// child cgroup of the caller's own, which Destroy removes.
 package namespace

@@ -6,4 +6,15 @@
 // read-only paths, rlimits and the environment policy. It does not own how
 // the spec is started (package namespace) or where the rootfs comes from
 // (package nixload).
+//
+// Id mapping: by default the spec has no user namespace of its own. The
+// container is created by a supervisor that already sits alone in a user
+// namespace where uid/gid 0 is the caller (package namespace), so the
+// container shares that namespace and uid 0 inside is the caller outside.
+// Config.NewUserNS asks for a nested user namespace instead; its single
+// mapping is container 0 -> Config.HostUID/HostGID, which must then be ids
+// of the namespace that runs the container (0 in the supervisor).
+//
+// Paths given to ParseVolume must already be absolute: the caller resolves a
+// relative HOST against its working directory before calling.
 package oci

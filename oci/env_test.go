@@ -1,0 +1,102 @@
+package oci
+
+import (
+	"reflect"
+	"testing"
+)
+
+func TestFilterEnv(t *testing.T) {
+	host := []string{
+		"TERM=xterm", "LANG=C.UTF-8", "LC_ALL=C", "EDITOR=vi", "LS_COLORS=di=34",
+		"PATH=/usr/bin", "HOME=/home/u", "USER=u", "LOGNAME=u", "SHELL=/bin/zsh",
+		"TMPDIR=/tmp/u", "XDG_RUNTIME_DIR=/run/user/1000", "XDG_CONFIG_HOME=/c",
+		"DISPLAY=:0", "WAYLAND_DISPLAY=wayland-0", "DBUS_SESSION_BUS_ADDRESS=unix:x",
+		"SSH_AUTH_SOCK=/s", "SSH_AGENT_PID=1", "GPG_AGENT_INFO=x",
+		"LD_PRELOAD=/x.so", "LD_LIBRARY_PATH=/l", "LD_AUDIT=/a", "PWD=/p", "OLDPWD=/o",
+		"SHLVL=2", "_=/usr/bin/env", "MAIL=/var/mail/u",
+		"ANTHROPIC_API_KEY=sk", "openai_api_key=sk", "GITHUB_TOKEN=t", "GH_TOKEN=t",
+		"NPM_TOKEN=t", "TOKEN=t", "DB_PASSWORD=p", "MYSQL_PASSWORD_FILE=/f", "PGPASSWD=x",
+		"APP_SECRET_KEY=s", "SECRET=s", "GOOGLE_APPLICATION_CREDENTIALS=/c",
+		"SSH_PRIVATE_KEY=k", "AWS_REGION=eu", "aws_profile=p",
+		"_LIBCONTAINER_INITPIPE=3", "_LECTIC_NIX_SANDBOX_AGENT=1",
+		"TOKENIZER=bpe", "PGPASSWORD=x", "LECTIC_TOOL=x",
+	}
+	tests := []struct {
+		name  string
+		named []string
+		want  []string
+	}{
+		{
+			name: "policy",
+			want: []string{"TERM=xterm", "LANG=C.UTF-8", "LC_ALL=C", "EDITOR=vi", "LS_COLORS=di=34", "TOKENIZER=bpe", "LECTIC_TOOL=x"},
+		},
+		{
+			name:  "named keep and set",
+			named: []string{"GITHUB_TOKEN", "AWS_REGION=us", "NEW=1", "HOME", "MISSING", "_LIBCONTAINER_INITPIPE", "_LECTIC_NIX_SANDBOX_X=1", "EDITOR=nano", "NEW=2"},
+			want: []string{"TERM=xterm", "LANG=C.UTF-8", "LC_ALL=C", "EDITOR=nano", "LS_COLORS=di=34",
+				"HOME=/home/u", "GITHUB_TOKEN=t", "AWS_REGION=us",
+				"TOKENIZER=bpe", "LECTIC_TOOL=x", "NEW=2"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := FilterEnv(host, tt.named); !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("FilterEnv:\n got %q\nwant %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestBlocked(t *testing.T) {
+	tests := map[string]bool{
+		"anthropic_api_key": true, "My_Secret_Thing": true, "X_CREDENTIALS_FILE": true,
+		"GIT_PRIVATE_KEY_PATH": true, "PASSWORD": true, "AWS": false, "AWS_": true,
+		"SECRETARY": true, "TOKEN_COUNT": false, "PGPASSWORD": true, "PGPASSWD": true,
+		"OPENAI_APIKEY": true, "MYTOKEN": false, "GH_TOKEN": true, "XDG_DATA_DIRS": true, "xdg_data_dirs": true,
+		"TERM": false, "LC_CTYPE": false,
+	}
+	for name, want := range tests {
+		if got := Blocked(name); got != want {
+			t.Errorf("Blocked(%q) = %v, want %v", name, got, want)
+		}
+	}
+}
+
+func TestCommandEnv(t *testing.T) {
+	tests := []struct {
+		name        string
+		image, host []string
+		home, user  string
+		want        []string
+	}{
+		{
+			name:  "image PATH kept, host overrides others, ours last",
+			image: []string{"PATH=/nix/bin", "LANG=en", "FOO=image", "HOME=/root"},
+			host:  []string{"LANG=C", "TERM=xterm", "TMPDIR=/x"},
+			home:  "/home/u", user: "u",
+			want: []string{"PATH=/nix/bin", "LANG=C", "FOO=image", "HOME=/home/u", "TERM=xterm", "TMPDIR=/tmp", "USER=u", "LOGNAME=u"},
+		},
+		{
+			name:  "default PATH",
+			image: nil, host: nil, home: "/root", user: "root",
+			want: []string{"PATH=" + DefaultPath, "HOME=/root", "USER=root", "LOGNAME=root", "TMPDIR=/tmp"},
+		},
+		{
+			name:  "named PATH from the caller wins",
+			image: []string{"PATH=/nix/bin"}, host: []string{"PATH=/mine"}, home: "/h", user: "u",
+			want: []string{"PATH=/mine", "HOME=/h", "USER=u", "LOGNAME=u", "TMPDIR=/tmp"},
+		},
+		{
+			name:  "malformed entries dropped",
+			image: []string{"=x", "NOVALUE"}, host: nil, home: "/h", user: "u",
+			want: []string{"NOVALUE=", "PATH=" + DefaultPath, "HOME=/h", "USER=u", "LOGNAME=u", "TMPDIR=/tmp"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := CommandEnv(tt.image, tt.host, tt.home, tt.user); !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("CommandEnv:\n got %q\nwant %q", got, tt.want)
+			}
+		})
+	}
+}
