@@ -1,0 +1,205 @@
+package nixload
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sys/unix"
+)
+
+const hostPrefix = "host-"
+
+// hostTop are the host paths shared with the host image: symlinks are
+// recreated, directories are bind-mounted read-only.
+func hostTop() []string {
+	return []string{"/usr", "/bin", "/lib", "/lib32", "/lib64", "/libx32", "/sbin", "/nix/store"}
+}
+
+// hostEtc are the /etc files copied (dereferenced) into the host image.
+func hostEtc() []string {
+	return []string{
+		"passwd", "group", "nsswitch.conf", "hosts", "resolv.conf", "host.conf",
+		"localtime", "timezone", "os-release", "ld.so.cache", "ld.so.conf",
+		"ssl/certs/ca-certificates.crt",
+	}
+}
+
+// hostEtcLinkDirs are /etc directories whose symlinks are recreated
+// (Debian's alternatives, the hashed certificate links).
+func hostEtcLinkDirs() []string { return []string{"alternatives", "ssl/certs"} }
+
+// hostDir is created empty in the host image.
+type hostDir struct {
+	path string
+	mode fs.FileMode
+}
+
+func hostDirs() []hostDir {
+	return []hostDir{
+		{"tmp", 0o1777}, {"var", 0o755}, {"var/tmp", 0o1777}, {"root", 0o700}, {"home", 0o755},
+		{"dev", 0o755}, {"proc", 0o755}, {"sys", 0o755}, {"run", 0o755}, {"etc", 0o755},
+	}
+}
+
+// hostItem is one element of the host image's description; its hash is the
+// image's chain id, so any host change yields a new image.
+type hostItem struct {
+	Path    string      `json:"path"`
+	Kind    string      `json:"kind"` // symlink, bind, file
+	Target  string      `json:"target,omitempty"`
+	Mode    fs.FileMode `json:"mode,omitempty"`
+	Content []byte      `json:"-"`
+	Sum     string      `json:"sum,omitempty"`
+}
+
+// Host returns the `host` image: the host's /usr (and friends) bound
+// read-only, with a small private /etc. Cheap when nothing changed.
+func (s *Store) Host() (*Image, error) {
+	items, err := describeHost()
+	if err != nil {
+		return nil, fmt.Errorf("host image: %w", err)
+	}
+	b, err := json.Marshal(items)
+	if err != nil {
+		return nil, fmt.Errorf("host image: %w", err)
+	}
+	sum := sha256.Sum256(b)
+	h := hex.EncodeToString(sum[:])
+	if img, err := s.readImage(hostPrefix + h); err == nil {
+		return img, nil
+	}
+	img, err := s.buildHost(h, items)
+	if err != nil {
+		return nil, fmt.Errorf("host image: %w", err)
+	}
+	return img, nil
+}
+
+func describeHost() ([]hostItem, error) {
+	var items []hostItem
+	for _, p := range hostTop() {
+		st, err := os.Lstat(p)
+		switch {
+		case err != nil:
+			continue
+		case st.Mode()&fs.ModeSymlink != 0:
+			t, err := os.Readlink(p)
+			if err != nil {
+				return nil, err
+			}
+			items = append(items, hostItem{Path: p, Kind: "symlink", Target: t})
+		case st.IsDir():
+			items = append(items, hostItem{Path: p, Kind: "bind"})
+		}
+	}
+	for _, name := range hostEtc() {
+		b, err := os.ReadFile(filepath.Join("/etc", name))
+		if err != nil {
+			continue // absent on this host
+		}
+		sum := sha256.Sum256(b)
+		items = append(items, hostItem{Path: "/etc/" + name, Kind: "file", Mode: 0o644, Content: b, Sum: hex.EncodeToString(sum[:])})
+	}
+	for _, d := range hostEtcLinkDirs() {
+		items = append(items, etcLinks(d)...)
+	}
+	return items, nil
+}
+
+func etcLinks(dir string) []hostItem {
+	ents, err := os.ReadDir(filepath.Join("/etc", dir))
+	if err != nil {
+		return nil
+	}
+	var items []hostItem
+	for _, e := range ents {
+		if e.Type()&fs.ModeSymlink == 0 {
+			continue
+		}
+		p := filepath.Join("/etc", dir, e.Name())
+		if t, err := os.Readlink(p); err == nil {
+			items = append(items, hostItem{Path: p, Kind: "symlink", Target: t})
+		}
+	}
+	sort.Slice(items, func(i, j int) bool { return items[i].Path < items[j].Path })
+	return items
+}
+
+func (s *Store) buildHost(h string, items []hostItem) (*Image, error) {
+	share, err := s.shareStore()
+	if err != nil {
+		return nil, err
+	}
+	defer share.Close()
+	lock, err := flockFile(s.lockPath("rootfs-"+hostPrefix+h), unix.LOCK_EX)
+	if err != nil {
+		return nil, err
+	}
+	defer lock.Close()
+	if img, err := s.readImage(hostPrefix + h); err == nil {
+		return img, nil
+	}
+	tmp, err := s.newTemp()
+	if err != nil {
+		return nil, err
+	}
+	defer tmp.remove()
+	build := filepath.Join(tmp.path, "host")
+	root := filepath.Join(build, "root")
+	binds, err := writeHostTree(root, items)
+	if err != nil {
+		return nil, err
+	}
+	meta := imageFile{
+		ChainID:   "sha256:" + h,
+		Config:    ocispec.ImageConfig{Env: []string{"PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}, WorkingDir: "/"},
+		HostBinds: binds,
+	}
+	if err := publishTree(build, s.rootfsDir(hostPrefix+h), meta); err != nil {
+		return nil, err
+	}
+	return s.readImage(hostPrefix + h)
+}
+
+func writeHostTree(root string, items []hostItem) ([]string, error) {
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return nil, err
+	}
+	for _, d := range hostDirs() {
+		p := filepath.Join(root, d.path)
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			return nil, err
+		}
+		if err := os.Chmod(p, d.mode|0o700); err != nil {
+			return nil, err
+		}
+	}
+	var binds []string
+	for _, it := range items {
+		p := filepath.Join(root, it.Path)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return nil, err
+		}
+		var err error
+		switch it.Kind {
+		case "symlink":
+			err = os.Symlink(it.Target, p)
+		case "bind":
+			err = os.MkdirAll(p, 0o755)
+			binds = append(binds, it.Path)
+		case "file":
+			err = os.WriteFile(p, it.Content, it.Mode)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", it.Path, err)
+		}
+	}
+	return binds, nil
+}
