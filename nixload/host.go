@@ -62,6 +62,13 @@ type hostItem struct {
 // Host returns the `host` image: the host's /usr (and friends) bound
 // read-only, with a small private /etc. Cheap when nothing changed.
 func (s *Store) Host() (*Image, error) {
+	// The full description reads every /etc/alternatives link (hundreds on
+	// Debian); a stat fingerprint of the same sources recognises an
+	// unchanged host with a few dozen stats.
+	fp := hostFingerprint()
+	if img, ok := s.cachedHost(fp); ok {
+		return img, nil
+	}
 	items, err := describeHost()
 	if err != nil {
 		return nil, fmt.Errorf("host image: %w", err)
@@ -72,14 +79,79 @@ func (s *Store) Host() (*Image, error) {
 	}
 	sum := sha256.Sum256(b)
 	h := hex.EncodeToString(sum[:])
-	if img, err := s.readImage(hostPrefix + h); err == nil {
-		return img, nil
-	}
-	img, err := s.buildHost(h, items)
+	img, err := s.readImage(hostPrefix + h)
 	if err != nil {
-		return nil, fmt.Errorf("host image: %w", err)
+		if img, err = s.buildHost(h, items); err != nil {
+			return nil, fmt.Errorf("host image: %w", err)
+		}
 	}
+	s.rememberHost(fp, img.ChainID)
 	return img, nil
+}
+
+// hostEntry is sources/host.json: the fingerprint of the host's sources
+// when the host image was described, and the rootfs it described.
+type hostEntry struct {
+	Fingerprint string `json:"fingerprint"`
+	ChainID     string `json:"chain_id"` // also keeps the tree from --gc
+}
+
+// hostFingerprint hashes the lstat of every source of the host image: the
+// top-level dirs and links, the copied /etc files, and the link dirs
+// (adding, removing or retargeting a link renames within the dir and so
+// changes its mtime).
+func hostFingerprint() string {
+	h := sha256.New()
+	paths := append([]string(nil), hostTop()...)
+	for _, name := range hostEtc() {
+		paths = append(paths, filepath.Join("/etc", name))
+	}
+	for _, d := range hostEtcLinkDirs() {
+		paths = append(paths, filepath.Join("/etc", d))
+	}
+	for _, p := range paths {
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			fmt.Fprintf(h, "%s absent\n", p)
+			continue
+		}
+		fmt.Fprintf(h, "%s %d %d %d %d %d\n", p, st.Mode, st.Size, st.Mtim.Nano(), st.Ino, st.Dev)
+		if st.Mode&unix.S_IFMT == unix.S_IFLNK {
+			// Follow one level for the copied files: their content is what
+			// the image holds.
+			if err := unix.Stat(p, &st); err == nil {
+				fmt.Fprintf(h, "-> %d %d %d\n", st.Size, st.Mtim.Nano(), st.Ino)
+			}
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func (s *Store) hostEntryPath() string { return filepath.Join(s.root, "sources", "host.json") }
+
+func (s *Store) cachedHost(fp string) (*Image, bool) {
+	b, err := os.ReadFile(s.hostEntryPath())
+	if err != nil {
+		return nil, false
+	}
+	var e hostEntry
+	if json.Unmarshal(b, &e) != nil || e.Fingerprint != fp {
+		return nil, false
+	}
+	img, err := s.Lookup(e.ChainID)
+	if err != nil {
+		return nil, false
+	}
+	return img, true
+}
+
+func (s *Store) rememberHost(fp, chainID string) {
+	b, err := json.Marshal(hostEntry{Fingerprint: fp, ChainID: chainID})
+	if err != nil {
+		return
+	}
+	// A failed write only costs a full description next time.
+	_ = atomicWrite(s.hostEntryPath(), b)
 }
 
 func describeHost() ([]hostItem, error) {

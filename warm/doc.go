@@ -3,5 +3,67 @@
 // container), the client, the wire protocol between them, the supervisor that
 // creates a container and cleans up after it, and the registry of warm
 // containers under the temp root: keys, locks, sockets, stale detection,
-// list, stop and prune.
+// list, stop and prune. It does not build specs (package oci) nor talk to
+// libcontainer beyond namespace.Create (package namespace).
+//
+// # A call
+//
+// Run connects to T/warm/<key>/agent.sock (SOCK_SEQPACKET) and sends one
+// JSON "run" message with its fds 0, 1 and 2 attached (SCM_RIGHTS): the
+// command writes straight to the caller's stdout. The agent answers
+// "started" or "error" (125 sandbox, 126 not executable, 127 not found),
+// then "exit". The client forwards SIGINT, SIGTERM and SIGHUP as "signal"
+// messages and sends SIGKILL when Request.Timeout expires (exit 124). When
+// the client's connection closes before the command ends (the client died,
+// even by SIGKILL) the agent kills the command's process group. "status"
+// and "stop" messages serve List and Stop. The run message carries Proto
+// and the build id: an agent of another protocol or build answers with a
+// mismatch error and the client replaces it.
+//
+// # Starting a container
+//
+// When nothing answers, the client takes T/warm/<key>.lock (flock; the file
+// lives beside the warm dir, and a lock on a file someone unlinked is
+// retried), checks again, removes what a dead container left, and re-executes
+// itself as the supervisor: a short "launch" stage detaches the real
+// supervisor (own session, own user and mount namespace from
+// namespace.CreatorSysProcAttr) and exits, so the client has nothing to reap.
+// The supervisor holds an exclusive flock on T/warm/<key>/alive for its whole
+// life: that lock, not a pid, is what says a container is alive, so a crash
+// or a reboot leaves a dir that anyone can recognise as stale. It creates the
+// listening socket (never visible inside the container: T is not mounted
+// there), merges the caller into the image's passwd and group files, calls
+// namespace.Create with the agent as init (socket at fd 3), writes meta.json
+// and reports "ok" or one error line on a pipe. When the agent exits (TTL,
+// stop, crash) or the supervisor gets SIGTERM, it removes the socket first,
+// destroys the container and removes the dir.
+//
+// # The agent
+//
+// The agent accepts connections and starts each command with
+// syscall.ForkExec in its own process group, with the request's cwd
+// (checked), environment, and argv[0] resolved with the request's PATH. One
+// reaper loop (waitid WNOWAIT, then wait4) collects every child, including
+// orphans that reparent to PID 1, and hands tracked exits to their
+// connections; spawn and registration share a lock so no exit is missed.
+// The agent exits after its TTL with no request running (0 = never), or
+// after the first request in one-shot mode.
+//
+// # Identity
+//
+// "root" runs the command as the agent: uid 0 of the container's user
+// namespace with the container's capabilities. Every other mode ("caller",
+// the default; "id" for --user; "image") puts the command in a nested user
+// namespace mapping the target uid/gid to the agent's ids (the caller on the
+// host): files the caller owns show as the target uid, files the command
+// makes are the caller's, and no capability survives. A nested namespace is
+// made once per identity: an identity helper (the agent binary in that
+// namespace, as that uid) receives the connection and stdio of each request
+// over a socketpair and forks the command itself, which keeps fork's fast
+// path (about 1.5 ms less per call). For uid 0 (a caller who is host root)
+// the helper forks from a thread that dropped every capability, set
+// no_new_privs and locked securebits; if no helper can be started, such
+// commands go through a re-exec trampoline that does the same before execve.
+// Supplementary groups are not set: a nested namespace made without a
+// privileged helper must deny setgroups.
 package warm

@@ -1,0 +1,142 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/namespace"
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/oci"
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/warm"
+)
+
+// runInSandbox turns the resolved call into a warm spec and a request, and
+// hands them to the warm client.
+func runInSandbox(ctx context.Context, c sandboxCall) (int, error) {
+	userSpec, err := parseUser(c.opts.user, c.caller)
+	if err != nil {
+		return 0, err
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return 0, fmt.Errorf("find this program: %w", err)
+	}
+	buildID, err := warm.BuildID(exe)
+	if err != nil {
+		return 0, err
+	}
+	target := homeTarget(c.caller)
+	key := warm.Key(warmKeyParts(c, buildID, target)...)
+	spec := warm.Spec{
+		Key:     key,
+		TTL:     time.Duration(c.opts.warmTTL) * time.Second,
+		OneShot: !c.opts.keepWarm,
+		BuildID: buildID,
+		Image:   c.image.label,
+		ChainID: c.image.img.ChainID,
+		Workdir: c.workdir,
+		Notice:  c.image.notice,
+		Users: []oci.User{{Name: c.caller.name, UID: uint32(c.caller.uid), GID: uint32(c.caller.gid),
+			Home: target, Shell: "/bin/sh"}},
+		Groups: []oci.Group{{Name: c.caller.name, GID: uint32(c.caller.gid)}},
+		Create: namespace.CreateOptions{Config: oci.Config{
+			Image: oci.Image{Rootfs: c.image.img.Rootfs, Config: c.image.img.Config,
+				HostBinds: c.image.img.HostBinds},
+			Workdir:    c.workdir,
+			Home:       c.home,
+			HomeTarget: target,
+			Volumes:    c.volumes,
+			AllowNet:   c.opts.allowNet,
+			ResolvConf: resolvConf(c.opts.allowNet),
+			NoFile:     noFileLimit(),
+		}},
+	}
+	// The agent binary is only needed when a container is created; warm
+	// resolves it then (a read-only copy in the cache), keeping the warm
+	// path free of file copies.
+	spec.CacheRoot = c.roots.cache
+	env := oci.CommandEnv(c.image.img.Config.Env, oci.FilterEnv(os.Environ(), c.opts.env), target, userName(userSpec, c.caller))
+	req := warm.Request{
+		Argv:    c.argv,
+		Env:     env,
+		Cwd:     c.workdir,
+		User:    userSpec,
+		Timeout: time.Duration(c.opts.timeout * float64(time.Second)),
+	}
+	return warm.Run(ctx, c.roots.temp, spec, req)
+}
+
+// warmKeyParts lists everything that shapes the container. Anything per
+// request (argv, env, timeout, user) stays out so calls share a container;
+// the user mode is in because caller and root modes see different
+// /etc/passwd entries.
+func warmKeyParts(c sandboxCall, buildID, homeTarget string) []string {
+	parts := []string{
+		"chain=" + c.image.img.ChainID,
+		"workdir=" + c.workdir,
+		"home=" + c.home + ":" + homeTarget,
+		"net=" + strconv.FormatBool(c.opts.allowNet),
+		"user=" + c.opts.user,
+		"uid=" + strconv.Itoa(c.caller.uid) + ":" + strconv.Itoa(c.caller.gid) + ":" + c.caller.name,
+		"build=" + buildID,
+	}
+	for _, v := range c.volumes {
+		parts = append(parts, fmt.Sprintf("vol=%s:%s:%t", v.Source, v.Target, v.ReadOnly))
+	}
+	return parts
+}
+
+// parseUser maps --user to the agent's user modes.
+func parseUser(flag string, c caller) (warm.UserSpec, error) {
+	switch flag {
+	case "", "caller":
+		return warm.UserSpec{Mode: "caller", UID: uint32(c.uid), GID: uint32(c.gid)}, nil
+	case "root":
+		return warm.UserSpec{Mode: "root"}, nil
+	case "image":
+		return warm.UserSpec{Mode: "image"}, nil
+	}
+	name, group, hasGroup := strings.Cut(flag, ":")
+	if name == "" || (hasGroup && group == "") || strings.ContainsAny(flag, " \t\n\x00/") {
+		return warm.UserSpec{}, fmt.Errorf("--user %q: want caller, root, image, NAME or UID[:GID]", flag)
+	}
+	return warm.UserSpec{Mode: "id", Name: flag}, nil
+}
+
+// userName is $USER inside: the caller's name in caller mode.
+func userName(u warm.UserSpec, c caller) string {
+	switch u.Mode {
+	case "caller":
+		return c.name
+	case "root":
+		return "root"
+	}
+	return ""
+}
+
+// resolvConf is the host's DNS configuration, bound in only when the
+// sandbox shares the host's network.
+func resolvConf(allowNet bool) string {
+	if !allowNet {
+		return ""
+	}
+	if _, err := os.Stat("/etc/resolv.conf"); err != nil {
+		return ""
+	}
+	return "/etc/resolv.conf"
+}
+
+// noFileLimit passes the caller's open-file limit on, so tools behave in the
+// sandbox as they do outside.
+func noFileLimit() oci.Rlimit {
+	var r unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &r); err != nil {
+		return oci.Rlimit{}
+	}
+	return oci.Rlimit{Soft: r.Cur, Hard: r.Max}
+}

@@ -1,0 +1,239 @@
+package main
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// options is everything the command line can say. Parsing fills it and
+// nothing else; validation that needs the file system happens in resolve.
+type options struct {
+	workdir      string
+	volumes      []string
+	persist      string
+	home         string
+	allowNet     bool
+	keepWarm     bool
+	warmTTL      int
+	packagesFile string
+	image        string
+	flake        string
+	env          []string
+	timeout      float64
+	user         string
+	refresh      bool
+	nixExe       string
+	nixExtra     string
+	warnings     []string
+
+	// management: at most one of these is set.
+	action     string // "", "doctor", "list", "stop", "prune", "gc", "install", "load", "version", "help"
+	actionArg  string
+	jsonOutput bool
+
+	command []string
+}
+
+// usageError is a command-line mistake: exit 125 with one line.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg + " (see --help)" }
+
+func usagef(format string, a ...any) error { return &usageError{fmt.Sprintf(format, a...)} }
+
+// flagSpec describes one option. takesValue options accept "--name VALUE"
+// and "--name=VALUE"; optionalValue ones take the next word only if it does
+// not look like another option.
+type flagSpec struct {
+	names         []string
+	takesValue    bool
+	optionalValue bool
+	apply         func(o *options, name, value string) error
+}
+
+const defaultWarmTTL = 900
+
+func defaultOptions() options {
+	return options{keepWarm: true, warmTTL: defaultWarmTTL, user: "caller"}
+}
+
+func setAction(action string) func(o *options, name, value string) error {
+	return func(o *options, name, value string) error {
+		if o.action != "" && o.action != action {
+			return usagef("%s cannot be combined with --%s", name, o.action)
+		}
+		o.action = action
+		o.actionArg = value
+		return nil
+	}
+}
+
+var flagTable = []flagSpec{
+	{names: []string{"-d", "--workdir"}, takesValue: true, apply: func(o *options, _, v string) error { o.workdir = v; return nil }},
+	{names: []string{"-v", "--volume"}, takesValue: true, apply: func(o *options, _, v string) error { o.volumes = append(o.volumes, v); return nil }},
+	{names: []string{"-p", "--persist"}, takesValue: true, apply: func(o *options, _, v string) error { o.persist = v; return nil }},
+	{names: []string{"--home"}, takesValue: true, apply: func(o *options, _, v string) error { o.home = v; return nil }},
+	{names: []string{"--allow-net"}, apply: func(o *options, _, _ string) error { o.allowNet = true; return nil }},
+	{names: []string{"--keep-warm"}, apply: func(o *options, _, _ string) error { o.keepWarm = true; return nil }},
+	{names: []string{"--no-keep-warm"}, apply: func(o *options, _, _ string) error { o.keepWarm = false; return nil }},
+	{names: []string{"--warm-ttl-seconds"}, takesValue: true, apply: func(o *options, n, v string) error {
+		ttl, err := strconv.Atoi(v)
+		if err != nil || ttl < 0 {
+			return usagef("%s %q: want a whole number of seconds, 0 for no expiry", n, v)
+		}
+		o.warmTTL = ttl
+		return nil
+	}},
+	{names: []string{"--nix-packages-file"}, takesValue: true, apply: func(o *options, _, v string) error { o.packagesFile = v; return nil }},
+	{names: []string{"--image"}, takesValue: true, apply: func(o *options, _, v string) error { o.image = v; return nil }},
+	{names: []string{"--flake"}, takesValue: true, apply: func(o *options, _, v string) error { o.flake = v; return nil }},
+	{names: []string{"--env", "-e"}, takesValue: true, apply: func(o *options, n, v string) error {
+		name, _, _ := strings.Cut(v, "=")
+		if name == "" || strings.ContainsAny(name, " \t\n\x00") {
+			return usagef("%s %q: want NAME or NAME=VALUE", n, v)
+		}
+		o.env = append(o.env, v)
+		return nil
+	}},
+	{names: []string{"--timeout"}, takesValue: true, apply: func(o *options, n, v string) error {
+		t, err := strconv.ParseFloat(v, 64)
+		if err != nil || t <= 0 {
+			return usagef("%s %q: want a positive number of seconds", n, v)
+		}
+		o.timeout = t
+		return nil
+	}},
+	{names: []string{"--user", "-u"}, takesValue: true, apply: func(o *options, n, v string) error {
+		if v == "" {
+			return usagef("%s: want root, image, a user name or UID[:GID]", n)
+		}
+		o.user = v
+		return nil
+	}},
+	{names: []string{"--refresh"}, apply: func(o *options, _, _ string) error { o.refresh = true; return nil }},
+	{names: []string{"--nix-exe"}, takesValue: true, apply: func(o *options, _, v string) error { o.nixExe = v; return nil }},
+	{names: []string{"--nix-extra"}, takesValue: true, apply: func(o *options, _, v string) error { o.nixExtra = v; return nil }},
+	{names: []string{"--podman-exe", "--podman-extra"}, takesValue: true, apply: func(o *options, n, _ string) error {
+		o.warnings = append(o.warnings, fmt.Sprintf("%s is ignored: this sandbox does not use podman", n))
+		return nil
+	}},
+	{names: []string{"--json"}, apply: func(o *options, _, _ string) error { o.jsonOutput = true; return nil }},
+	{names: []string{"--doctor"}, apply: setAction("doctor")},
+	{names: []string{"--list"}, apply: setAction("list")},
+	{names: []string{"--stop"}, takesValue: true, apply: setAction("stop")},
+	{names: []string{"--prune"}, apply: setAction("prune")},
+	{names: []string{"--gc"}, apply: setAction("gc")},
+	{names: []string{"--install"}, optionalValue: true, apply: setAction("install")},
+	{names: []string{"--load"}, takesValue: true, apply: setAction("load")},
+	{names: []string{"--version"}, apply: setAction("version")},
+	{names: []string{"-h", "--help"}, apply: setAction("help")},
+}
+
+func lookupFlag(name string) (flagSpec, bool) {
+	for _, f := range flagTable {
+		for _, n := range f.names {
+			if n == name {
+				return f, true
+			}
+		}
+	}
+	return flagSpec{}, false
+}
+
+// parseArgs reads options up to the first word that is not an option (or
+// "--"); everything from there on is the command, untouched. Lectic adds no
+// "--", so "ls -la" after the options must stay the command's.
+func parseArgs(args []string) (options, error) {
+	o := defaultOptions()
+	for i := 0; i < len(args); i++ {
+		arg := args[i]
+		if arg == "--" {
+			o.command = args[i+1:]
+			break
+		}
+		if !strings.HasPrefix(arg, "-") || arg == "-" {
+			o.command = args[i:]
+			break
+		}
+		name, value, hasValue := strings.Cut(arg, "=")
+		if !strings.HasPrefix(arg, "--") {
+			// Short options take no "=" form; "-dDIR" is not supported either.
+			name, value, hasValue = arg, "", false
+		}
+		spec, ok := lookupFlag(name)
+		if !ok {
+			return o, usagef("unknown option %s", name)
+		}
+		switch {
+		case spec.takesValue && !hasValue:
+			if i+1 >= len(args) {
+				return o, usagef("%s needs a value", name)
+			}
+			i++
+			value = args[i]
+		case spec.optionalValue && !hasValue:
+			if i+1 < len(args) && !strings.HasPrefix(args[i+1], "-") {
+				i++
+				value = args[i]
+			}
+		case !spec.takesValue && !spec.optionalValue && hasValue:
+			return o, usagef("%s takes no value", name)
+		}
+		if err := spec.apply(&o, name, value); err != nil {
+			return o, err
+		}
+	}
+	if o.action != "" && o.action != "help" && o.action != "version" && len(o.command) > 0 {
+		return o, usagef("--%s takes no command (got %q)", o.action, o.command[0])
+	}
+	return o, nil
+}
+
+const usageText = `usage: lectic-nix-sandbox [OPTIONS] [--] COMMAND [ARGS...]
+       lectic-nix-sandbox --doctor | --list [--json] | --stop KEY|all | --prune | --gc
+       lectic-nix-sandbox --install [DIR] | --load IMAGE | --version | --help
+
+Runs COMMAND in a rootless container built from a Nix image. Options end at
+the first word that is not an option; the rest is the command.
+
+Sandbox:
+  -d, --workdir DIR            directory bound read-write at the same path and used
+                               as the working directory (default: $PWD)
+  -v, --volume HOST[:TARGET][:ro]
+                               bind HOST at TARGET (default: the same path)
+  -p, --persist DIR            same as --volume DIR:/persist
+      --home DIR               host directory used as $HOME (default: one per workdir
+                               under the cache)
+      --allow-net              share the host's network (default: loopback only)
+      --user MODE              caller (default: your own uid/gid, no capabilities),
+                               root, image (the image's User), NAME or UID[:GID]
+      --env NAME[=VALUE]       pass NAME from the host, or set it (repeatable)
+      --timeout SECONDS        kill the command after SECONDS (exit 124)
+Image:
+      --image PATH|host        image archive, OCI layout or streamLayeredImage script;
+                               "host" is a read-only view of this machine's system
+      --flake REF              flake whose #containerImage is the image
+      --nix-packages-file FILE extra packages for the flake's image
+      --refresh                rebuild the flake image even if it is cached
+      --nix-exe PATH           nix executable (default: nix)
+      --nix-extra ARGS         extra arguments for nix build
+Warm containers:
+      --keep-warm              keep the container for later calls (default)
+      --no-keep-warm           one container for this call only, removed after it
+      --warm-ttl-seconds N     stop an idle warm container after N s (default 900;
+                               0 = never)
+Management:
+      --doctor                 check this machine and explain how to fix problems
+      --list [--json]          list warm containers
+      --stop KEY|all           stop warm containers
+      --prune                  stop warm containers idle past their TTL
+      --gc                     remove cached images nothing refers to
+      --install [DIR]          install as a Lectic plugin (default:
+                               $LECTIC_DATA/plugins/nix-sandbox)
+      --load IMAGE             load IMAGE into the cache and print it as JSON
+      --version, -h/--help
+
+Exit status: the command's; 128+N if it was killed by signal N; 124 on
+--timeout; 127 command not found; 126 not executable; 125 the sandbox failed.
+`

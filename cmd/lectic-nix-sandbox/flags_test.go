@@ -1,0 +1,78 @@
+package main
+
+import (
+	"errors"
+	"reflect"
+	"testing"
+)
+
+func TestParseArgs(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		want    func(o *options)
+		wantErr string
+	}{
+		{name: "command only", args: []string{"ls", "-la"},
+			want: func(o *options) { o.command = []string{"ls", "-la"} }},
+		{name: "options end at first word", args: []string{"--allow-net", "ls", "--allow-net"},
+			want: func(o *options) { o.allowNet = true; o.command = []string{"ls", "--allow-net"} }},
+		{name: "double dash", args: []string{"--", "--help"},
+			want: func(o *options) { o.command = []string{"--help"} }},
+		{name: "init is a command", args: []string{"init"},
+			want: func(o *options) { o.command = []string{"init"} }},
+		{name: "values both forms", args: []string{"-d", "/w", "--home=/h", "-v", "/a:/b:ro", "--volume=/c", "true"},
+			want: func(o *options) {
+				o.workdir, o.home = "/w", "/h"
+				o.volumes = []string{"/a:/b:ro", "/c"}
+				o.command = []string{"true"}
+			}},
+		{name: "ttl and no keep warm", args: []string{"--warm-ttl-seconds", "0", "--no-keep-warm", "true"},
+			want: func(o *options) { o.warmTTL = 0; o.keepWarm = false; o.command = []string{"true"} }},
+		{name: "env repeatable", args: []string{"--env", "A", "--env=B=c d", "env"},
+			want: func(o *options) { o.env = []string{"A", "B=c d"}; o.command = []string{"env"} }},
+		{name: "podman flags warn", args: []string{"--podman-exe", "/usr/bin/podman", "--podman-extra=--foo", "true"},
+			want: func(o *options) {
+				o.warnings = []string{"--podman-exe is ignored: this sandbox does not use podman", "--podman-extra is ignored: this sandbox does not use podman"}
+				o.command = []string{"true"}
+			}},
+		{name: "install with dir", args: []string{"--install", "/tmp/x"},
+			want: func(o *options) { o.action, o.actionArg = "install", "/tmp/x" }},
+		{name: "install default", args: []string{"--install"},
+			want: func(o *options) { o.action = "install" }},
+		{name: "list json", args: []string{"--list", "--json"},
+			want: func(o *options) { o.action = "list"; o.jsonOutput = true }},
+		{name: "stop all", args: []string{"--stop", "all"},
+			want: func(o *options) { o.action, o.actionArg = "stop", "all" }},
+		{name: "timeout", args: []string{"--timeout", "1.5", "sleep", "9"},
+			want: func(o *options) { o.timeout = 1.5; o.command = []string{"sleep", "9"} }},
+		{name: "unknown option", args: []string{"--frobnicate", "ls"}, wantErr: "unknown option --frobnicate (see --help)"},
+		{name: "missing value", args: []string{"--image"}, wantErr: "--image needs a value (see --help)"},
+		{name: "bad ttl", args: []string{"--warm-ttl-seconds", "-3", "true"}, wantErr: `--warm-ttl-seconds "-3": want a whole number of seconds, 0 for no expiry (see --help)`},
+		{name: "bad timeout", args: []string{"--timeout", "soon", "true"}, wantErr: `--timeout "soon": want a positive number of seconds (see --help)`},
+		{name: "bad env", args: []string{"--env", "=x", "true"}, wantErr: `--env "=x": want NAME or NAME=VALUE (see --help)`},
+		{name: "value on a switch", args: []string{"--allow-net=yes", "true"}, wantErr: "--allow-net takes no value (see --help)"},
+		{name: "two actions", args: []string{"--list", "--gc"}, wantErr: "--gc cannot be combined with --list (see --help)"},
+		{name: "action with command", args: []string{"--prune", "ls"}, wantErr: `--prune takes no command (got "ls") (see --help)`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseArgs(tt.args)
+			if tt.wantErr != "" {
+				var ue *usageError
+				if err == nil || !errors.As(err, &ue) || err.Error() != tt.wantErr {
+					t.Fatalf("error = %v, want usage error %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("unexpected error: %v", err)
+			}
+			want := defaultOptions()
+			tt.want(&want)
+			if !reflect.DeepEqual(got, want) {
+				t.Fatalf("got  %+v\nwant %+v", got, want)
+			}
+		})
+	}
+}

@@ -1,0 +1,136 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/nixload"
+)
+
+// imageChoice is the resolved image plus what the user should be told if a
+// container ends up being created from it.
+type imageChoice struct {
+	img    *nixload.Image
+	label  string // for --list: the flake ref, file path or "host"
+	notice string // said once on stderr when a container is created
+}
+
+// resolveImage picks the image source in the documented order: --image,
+// then a flake (--flake, $LECTIC_NIX_SANDBOX_FLAKE, the binary's own
+// directory, the installed plugin). Without an explicit source and without a
+// usable nix, the host image stands in.
+func resolveImage(ctx context.Context, o options, r roots, store *nixload.Store, stderr io.Writer) (imageChoice, error) {
+	switch {
+	case o.image == "host":
+		img, err := store.Host()
+		return imageChoice{img: img, label: "host"}, err
+	case o.image != "":
+		path, err := filepath.Abs(o.image)
+		if err != nil {
+			return imageChoice{}, fmt.Errorf("image %s: %w", o.image, err)
+		}
+		img, err := store.LoadFileCached(ctx, path, progressWriter(stderr))
+		return imageChoice{img: img, label: path}, err
+	}
+	src, explicit, err := flakeSource(o, r, stderr)
+	if err != nil {
+		return imageChoice{}, err
+	}
+	if img, ok := store.CachedFlake(src); ok {
+		return imageChoice{img: img, label: src.Ref}, nil
+	}
+	if !explicit && !nixUsable(src.NixExe) {
+		return hostFallback(store, "nix is not installed")
+	}
+	img, err := store.LoadFlake(ctx, src)
+	if err != nil {
+		if explicit {
+			return imageChoice{}, err
+		}
+		return hostFallback(store, "the default flake could not be built ("+firstLine(err.Error())+")")
+	}
+	return imageChoice{img: img, label: src.Ref}, nil
+}
+
+func hostFallback(store *nixload.Store, why string) (imageChoice, error) {
+	img, err := store.Host()
+	if err != nil {
+		return imageChoice{}, err
+	}
+	return imageChoice{img: img, label: "host",
+		notice: "using the host image: " + why + "; pass --flake or --image to choose an image"}, nil
+}
+
+// flakeSource builds the Nix source from the options and the environment.
+func flakeSource(o options, r roots, stderr io.Writer) (nixload.FlakeSource, bool, error) {
+	exe, _ := os.Executable()
+	flag := o.flake
+	if flag != "" && !strings.Contains(flag, ":") {
+		abs, err := filepath.Abs(flag)
+		if err != nil {
+			return nixload.FlakeSource{}, false, err
+		}
+		flag = abs
+	}
+	ref, explicit, err := nixload.ResolveFlakeRef(flag, os.Getenv("LECTIC_NIX_SANDBOX_FLAKE"), exe, r.data)
+	if err != nil {
+		return nixload.FlakeSource{}, false, err
+	}
+	src := nixload.FlakeSource{
+		Ref:       ref,
+		NixExe:    o.nixExe,
+		ExtraArgs: strings.Fields(o.nixExtra),
+		Refresh:   o.refresh,
+		Progress:  stderr,
+		Terminal:  isTerminal(stderr),
+	}
+	if src.NixExe == "" {
+		src.NixExe = "nix"
+	}
+	if o.packagesFile != "" {
+		abs, err := filepath.Abs(o.packagesFile)
+		if err != nil {
+			return src, false, err
+		}
+		if _, err := os.Stat(abs); err != nil {
+			return src, false, fmt.Errorf("--nix-packages-file %s: %w", o.packagesFile, err)
+		}
+		src.PackagesFile = abs
+	}
+	return src, explicit || o.packagesFile != "", nil
+}
+
+func nixUsable(exe string) bool {
+	_, err := exec.LookPath(exe)
+	return err == nil
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}
+
+// progressWriter passes loader progress to stderr only on a terminal, so
+// logs of non-interactive runs stay clean.
+func progressWriter(stderr io.Writer) io.Writer {
+	if isTerminal(stderr) {
+		return stderr
+	}
+	return nil
+}
+
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(s, "\n")
+	return line
+}

@@ -1,0 +1,160 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"text/tabwriter"
+	"time"
+
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/namespace"
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/nixload"
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/plugin"
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/warm"
+)
+
+// manage runs the management flags. None of them starts a container.
+func manage(ctx context.Context, o options, r roots, stdout, stderr io.Writer) error {
+	switch o.action {
+	case "doctor":
+		return doctor(ctx, r, stdout)
+	case "list":
+		return list(r, o.jsonOutput, stdout)
+	case "stop":
+		return warm.Stop(r.temp, o.actionArg)
+	case "prune":
+		stopped, err := warm.Prune(r.temp)
+		for _, k := range stopped {
+			fmt.Fprintln(stdout, "stopped", k)
+		}
+		return err
+	case "gc":
+		return gc(r, stdout)
+	case "install":
+		return install(o.actionArg, r, stdout)
+	case "load":
+		return load(ctx, o.actionArg, r, stdout, stderr)
+	}
+	return fmt.Errorf("internal: unhandled action %q", o.action)
+}
+
+func load(ctx context.Context, path string, r roots, stdout, stderr io.Writer) error {
+	store, err := nixload.Open(r.cache)
+	if err != nil {
+		return err
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return err
+	}
+	img, err := store.LoadFile(ctx, abs, progressWriter(stderr))
+	if err != nil {
+		return err
+	}
+	line, err := json.Marshal(img)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(stdout, "%s\n", line)
+	return err
+}
+
+func list(r roots, asJSON bool, stdout io.Writer) error {
+	infos, err := warm.List(r.temp)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		if infos == nil {
+			infos = []warm.Info{}
+		}
+		b, err := json.Marshal(infos)
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(stdout, "%s\n", b)
+		return err
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "KEY\tPID\tIDLE\tTTL\tRUNNING\tWORKDIR\tIMAGE")
+	for _, i := range infos {
+		ttl := "never"
+		if i.TTLSeconds > 0 {
+			ttl = (time.Duration(i.TTLSeconds) * time.Second).String()
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%s\t%s\n", i.Key, i.Pid,
+			(time.Duration(i.IdleSeconds) * time.Second).String(), ttl, i.RunningRequests, i.Workdir, i.Image)
+	}
+	return tw.Flush()
+}
+
+// gc keeps every image a running warm container uses; the store itself keeps
+// what its source caches point at.
+func gc(r roots, stdout io.Writer) error {
+	store, err := nixload.Open(r.cache)
+	if err != nil {
+		return err
+	}
+	infos, err := warm.List(r.temp)
+	if err != nil {
+		return err
+	}
+	var keep []string
+	for _, i := range infos {
+		keep = append(keep, i.ChainID)
+	}
+	_, err = store.GC(keep, stdout)
+	return err
+}
+
+func install(dir string, r roots, stdout io.Writer) error {
+	if dir == "" {
+		dir = filepath.Join(r.data, "plugins", "nix-sandbox")
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("install: find this program: %w", err)
+	}
+	return plugin.Install(dir, exe, stdout)
+}
+
+func doctor(ctx context.Context, r roots, stdout io.Writer) error {
+	checks := namespace.Doctor(ctx, r.temp, r.cache)
+	failed := false
+	for _, c := range checks {
+		mark := "ok  "
+		switch {
+		case !c.OK && c.Required:
+			mark, failed = "FAIL", true
+		case !c.OK:
+			mark = "warn"
+		}
+		fmt.Fprintf(stdout, "%s %s: %s\n", mark, c.Name, c.Detail)
+		if !c.OK && c.Fix != "" {
+			fmt.Fprintf(stdout, "     fix: %s\n", c.Fix)
+		}
+	}
+	if failed {
+		return fmt.Errorf("doctor: this machine cannot create a sandbox yet; apply the fixes above")
+	}
+	return nil
+}
+
+func versionString() string {
+	v := "devel"
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		if bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+			v = bi.Main.Version
+		}
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+				v += " (" + s.Value[:12] + ")"
+			}
+		}
+	}
+	return "lectic-nix-sandbox " + v + " (warm protocol " + fmt.Sprint(warm.Proto) + ")"
+}

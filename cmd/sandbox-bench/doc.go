@@ -1,0 +1,37 @@
+// Command sandbox-bench measures what a call through lectic-nix-sandbox costs
+// and sets it beside the tools it replaces: rootless podman (exec, run, load),
+// bubblewrap over the same root file system, and a bare exec of the same
+// binary as the floor.
+//
+// Every number is the wall time of a whole client process, from fork/exec to
+// wait, as Lectic experiences it. The harness starts children with
+// os.StartProcess and /dev/null stdio so its own overhead stays small;
+// bare_exec shows what that overhead plus an exec costs.
+//
+// Scenarios, all over one image (by default a generated 96 MiB busybox
+// docker-archive in three layers):
+//
+//	bare_exec       host busybox `true`, no sandbox: the floor
+//	client_startup  `lectic-nix-sandbox --version`: the client's own start-up
+//	warm_exec       `true` into the warm container
+//	warm_exec_sh    `sh -c 'echo hi'` into it (output checked once)
+//	parallel_16     16 clients at once into it; per-call latency
+//	nix_fast_path   `--flake` of an offline fixture flake, unchanged, warm
+//	cold_start      `--no-keep-warm true` with the rootfs cached, after --stop all
+//	first_start     `--no-keep-warm true` with empty cache and temp dirs
+//	bwrap           a fresh `bwrap --unshare-all` over the rootfs --load unpacked
+//	podman_load     first `podman load` into an empty vfs store
+//	podman_run      `podman run --rm`
+//	podman_exec     `podman exec` into a running container
+//
+// The product is the rootless path, so the harness never measures as root:
+// started as root it re-executes itself as an unprivileged user (sandboxtest
+// when it exists, else nobody) and measures from there.
+//
+// Output: a table on stdout, DIR/results.json and DIR/results.svg. Nothing
+// here asserts timings; goals are reported, not enforced. The exit status is
+// non-zero when a scenario failed (or, with CI=true, could not run), so a
+// -quick run is a smoke test of the whole sandbox.
+//
+// Not here: the sandbox itself, unit-level Go benchmarks of its packages.
+package main

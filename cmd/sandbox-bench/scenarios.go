@@ -1,0 +1,310 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+)
+
+// runAll measures every scenario in a fixed order: sandbox scenarios first,
+// while the warm container is fresh, then the baselines. Each result is
+// either numbers or a reason it has none.
+func (b *bench) runAll(ctx context.Context) []Result {
+	out := []Result{b.bareExec(ctx), b.clientStartup(ctx)}
+	rootfs, loadErr := b.load(ctx)
+	out = append(out,
+		b.warmExec(ctx),
+		b.warmExecSh(ctx),
+		b.parallel16(ctx),
+		b.nixFastPath(ctx),
+		b.coldStart(ctx),
+		b.firstStart(ctx),
+		b.bwrap(ctx, rootfs, loadErr),
+	)
+	return append(out, b.podman(ctx)...)
+}
+
+// sandbox is one call of the sandbox binary in the private state.
+func (b *bench) sandbox(args ...string) proc {
+	return proc{argv: append([]string{b.bin}, args...), env: b.env, dir: b.workdir}
+}
+
+// warmArgs select the image and keep its container warm for the run.
+func (b *bench) warmArgs(cmd ...string) []string {
+	return append([]string{"--image", b.image, "--keep-warm", "--warm-ttl-seconds", warmTTL}, cmd...)
+}
+
+func (b *bench) bareExec(ctx context.Context) Result {
+	r := Result{Name: "bare_exec", Kind: kindBare, Command: b.busybox + " true",
+		Note: "the busybox that runs `true` in the image, started directly: the floor of fork/exec plus harness overhead"}
+	b.logf("bare_exec")
+	samples, err := b.measure(ctx, b.plan.Fast, b.timed(proc{argv: []string{b.busybox, "true"}, dir: b.workdir}))
+	return b.record(r, samples, err)
+}
+
+// clientStartup times `--version`: the static binary's start-up and exit
+// with no sandbox work, the part of every warm call no agent can remove.
+func (b *bench) clientStartup(ctx context.Context) Result {
+	p := b.sandbox("--version")
+	r := Result{Name: "client_startup", Kind: kindBare, Command: shellJoin(p.argv[1:]),
+		Note: "the sandbox binary printing its version: process start-up of the client, no container involved"}
+	b.logf("client_startup")
+	if _, err := Output(ctx, p, nil); err != nil {
+		return b.record(r, nil, err)
+	}
+	samples, err := b.measure(ctx, b.plan.Fast, b.timed(p))
+	return b.record(r, samples, err)
+}
+
+// loadResult is what `--load` prints.
+type loadResult struct {
+	ChainID        string `json:"chain_id"`
+	Rootfs         string `json:"rootfs"`
+	Layers         int    `json:"layers"`
+	UnpackedLayers int    `json:"unpacked_layers"`
+}
+
+// load fills the cache with the image and returns the unpacked rootfs, the
+// tree bwrap runs over.
+func (b *bench) load(ctx context.Context) (string, error) {
+	b.logf("loading the image into the sandbox cache")
+	out, err := Output(ctx, b.sandbox("--load", b.image), nil)
+	if err != nil {
+		return "", fmt.Errorf("--load failed: %w", err)
+	}
+	var lr loadResult
+	if err := json.Unmarshal([]byte(lastLine([]byte(out))), &lr); err != nil {
+		return "", fmt.Errorf("--load printed %q, not its JSON line: %w", oneLine(out), err)
+	}
+	if lr.Rootfs == "" {
+		return "", fmt.Errorf("--load printed no rootfs: %q", oneLine(out))
+	}
+	return lr.Rootfs, nil
+}
+
+// verify runs p once and checks its stdout, so a scenario that silently
+// fails fast is never reported as fast.
+func verify(ctx context.Context, p proc, wantStdout string) error {
+	out, err := Output(ctx, p, nil)
+	if err != nil {
+		return err
+	}
+	if out != wantStdout {
+		return fmt.Errorf("%s printed %q, want %q", shellJoin(p.argv), out, wantStdout)
+	}
+	return nil
+}
+
+func (b *bench) warmExec(ctx context.Context) Result {
+	p := b.sandbox(b.warmArgs("true")...)
+	r := Result{Name: "warm_exec", Kind: kindSandbox, Command: shellJoin(p.argv[1:]),
+		Counterpart: []string{"podman_exec"}, Note: "into the warm container started by an untimed first call"}
+	b.logf("warm_exec")
+	if err := verify(ctx, p, ""); err != nil {
+		return b.record(r, nil, err)
+	}
+	samples, err := b.measure(ctx, b.plan.Fast, b.timed(p))
+	if err == nil {
+		err = b.checkWarm(ctx)
+	}
+	return b.record(r, samples, err)
+}
+
+// checkWarm makes sure warm_exec was warm: with no container listed, every
+// call would have been a cold start.
+func (b *bench) checkWarm(ctx context.Context) error {
+	n, out, err := b.listWarm(ctx)
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		return fmt.Errorf("--list --json shows no warm container after --keep-warm calls (%s), so the numbers are not warm", oneLine(out))
+	}
+	return nil
+}
+
+// listWarm counts the containers `--list --json` reports.
+func (b *bench) listWarm(ctx context.Context) (int, string, error) {
+	out, err := Output(ctx, b.sandbox("--list", "--json"), nil)
+	if err != nil {
+		return 0, out, err
+	}
+	return countJSONItems(out), out, nil
+}
+
+// countJSONItems counts the entries of a JSON array, or of JSON lines, so
+// either listing style works; anything unparsable counts as one entry.
+func countJSONItems(out string) int {
+	trimmed := strings.TrimSpace(out)
+	if trimmed == "" || trimmed == "null" {
+		return 0
+	}
+	var items []json.RawMessage
+	if err := json.Unmarshal([]byte(trimmed), &items); err == nil {
+		return len(items)
+	}
+	return len(strings.Split(trimmed, "\n"))
+}
+
+func (b *bench) warmExecSh(ctx context.Context) Result {
+	p := b.sandbox(b.warmArgs("sh", "-c", "echo hi")...)
+	r := Result{Name: "warm_exec_sh", Kind: kindSandbox, Command: shellJoin(p.argv[1:]),
+		Counterpart: []string{"podman_exec"}, Note: "output checked once, then sent to /dev/null"}
+	b.logf("warm_exec_sh")
+	if err := verify(ctx, p, "hi\n"); err != nil {
+		return b.record(r, nil, err)
+	}
+	samples, err := b.measure(ctx, b.plan.Fast, b.timed(p))
+	return b.record(r, samples, err)
+}
+
+func (b *bench) parallel16(ctx context.Context) Result {
+	p := b.sandbox(b.warmArgs("true")...)
+	r := Result{Name: "parallel_16", Kind: kindSandbox, Command: shellJoin(p.argv[1:]),
+		Counterpart: []string{"podman_exec"},
+		Note:        fmt.Sprintf("%d concurrent clients, %d calls each, into one warm container; per-call latency", parallelClients, b.plan.PerClient)}
+	b.logf("parallel_16")
+	if err := verify(ctx, p, ""); err != nil {
+		return b.record(r, nil, err)
+	}
+	samples, err := b.parallel(ctx, parallelClients, b.plan.PerClient, p)
+	return b.record(r, samples, err)
+}
+
+// parallel runs clients loops of perClient calls at once and returns every
+// call's latency.
+func (b *bench) parallel(ctx context.Context, clients, perClient int, p proc) ([]time.Duration, error) {
+	var (
+		mu      sync.Mutex
+		samples []time.Duration
+		errs    []error
+		wg      sync.WaitGroup
+	)
+	for range clients {
+		wg.Go(func() {
+			for range perClient {
+				if ctx.Err() != nil {
+					return
+				}
+				d, err := b.l.Time(p)
+				mu.Lock()
+				if err != nil {
+					errs = append(errs, err)
+				} else {
+					samples = append(samples, d)
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("%d of %d calls failed, first: %w", len(errs), clients*perClient, errs[0])
+	}
+	return samples, ctx.Err()
+}
+
+func (b *bench) nixFastPath(ctx context.Context) Result {
+	r := Result{Name: "nix_fast_path", Kind: kindSandbox, Counterpart: []string{"podman_exec"},
+		Note: "offline fixture flake (no inputs, busybox builder writing a docker-archive), unchanged since the untimed first build; warm container"}
+	b.logf("nix_fast_path")
+	if _, err := exec.LookPath("nix"); err != nil {
+		return missing(r, "nix is not installed (Debian: apt-get install nix-bin)")
+	}
+	ref, err := writeFixtureFlake(filepath.Join(b.work, "flake"))
+	if err != nil {
+		return missing(r, "cannot write the fixture flake: "+oneLine(err.Error()))
+	}
+	p := b.sandbox("--flake", ref, "--keep-warm", "--warm-ttl-seconds", warmTTL, "true")
+	r.Command = shellJoin(p.argv[1:])
+	// The first call builds; the second sees the flake.lock the first wrote.
+	buildCtx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	for range 2 {
+		if err := verify(buildCtx, p, ""); err != nil {
+			return b.record(r, nil, fmt.Errorf("building or running the fixture flake: %w", err))
+		}
+	}
+	samples, err := b.measure(ctx, b.plan.Fast, b.timed(p))
+	return b.record(r, samples, err)
+}
+
+func (b *bench) coldStart(ctx context.Context) Result {
+	p := b.sandbox("--image", b.image, "--no-keep-warm", "true")
+	r := Result{Name: "cold_start", Kind: kindSandbox, Command: shellJoin(p.argv[1:]),
+		Counterpart: []string{"podman_run"},
+		Note:        "rootfs cached, no warm container: warm ones stopped with --stop all first, and --no-keep-warm leaves none behind"}
+	b.logf("cold_start")
+	if _, err := Output(ctx, b.sandbox("--stop", "all"), nil); err != nil {
+		return b.record(r, nil, fmt.Errorf("stop the warm containers first: %w", err))
+	}
+	if err := verify(ctx, p, ""); err != nil {
+		return b.record(r, nil, err)
+	}
+	samples, err := b.measure(ctx, b.plan.Fast, b.timed(p))
+	if err == nil {
+		err = b.checkNothingWarm(ctx)
+	}
+	return b.record(r, samples, err)
+}
+
+// checkNothingWarm makes sure cold_start was cold: had --no-keep-warm left
+// a container behind, later iterations would have reused it.
+func (b *bench) checkNothingWarm(ctx context.Context) error {
+	n, out, err := b.listWarm(ctx)
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		return fmt.Errorf("--no-keep-warm left warm containers behind, so the numbers are not cold: %s", oneLine(out))
+	}
+	return nil
+}
+
+func (b *bench) firstStart(ctx context.Context) Result {
+	r := Result{Name: "first_start", Kind: kindSandbox, Counterpart: []string{"podman_load", "podman_run"},
+		Note: "empty cache and temp dirs for every call: load + unpack + create + run"}
+	b.logf("first_start")
+	step := func(i int) (time.Duration, error) {
+		state := filepath.Join(b.work, fmt.Sprintf("first-%d", i))
+		p := b.sandbox("--image", b.image, "--no-keep-warm", "true")
+		p.env = b.sandboxEnv(state)
+		defer func() {
+			b.stopWarm(p.env)
+			removeAll(state)
+		}()
+		r.Command = shellJoin(p.argv[1:])
+		return b.l.Time(p)
+	}
+	samples, err := b.measure(ctx, b.plan.Slow, step)
+	return b.record(r, samples, err)
+}
+
+func (b *bench) bwrap(ctx context.Context, rootfs string, loadErr error) Result {
+	r := Result{Name: "bwrap", Kind: kindBwrap,
+		Note: "a fresh bubblewrap sandbox per call over the rootfs unpacked by --load"}
+	b.logf("bwrap")
+	path, err := exec.LookPath("bwrap")
+	if err != nil {
+		return missing(r, "bwrap is not installed (Debian: apt-get install bubblewrap)")
+	}
+	if loadErr != nil {
+		return b.record(r, nil, fmt.Errorf("needs the rootfs unpacked by the sandbox: %w", loadErr))
+	}
+	argv, err := bwrapArgv(path, rootfs)
+	if err != nil {
+		return b.record(r, nil, err)
+	}
+	p := proc{argv: argv, env: []string{"PATH=/usr/bin:/bin"}, dir: "/"}
+	r.Command = shellJoin(p.argv)
+	if err := verify(ctx, p, ""); err != nil {
+		return b.record(r, nil, err)
+	}
+	samples, err := b.measure(ctx, b.plan.Fast, b.timed(p))
+	return b.record(r, samples, err)
+}

@@ -1,0 +1,342 @@
+package warm
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Environment of the agent, set by the supervisor.
+const (
+	envAgent   = "_LECTIC_NIX_SANDBOX_AGENT"
+	envBuild   = "_LECTIC_NIX_SANDBOX_BUILD"
+	envTTL     = "_LECTIC_NIX_SANDBOX_TTL"
+	envOneShot = "_LECTIC_NIX_SANDBOX_ONESHOT"
+)
+
+// listenFD is where the agent finds its listening socket.
+const listenFD = 3
+
+// IsAgent reports whether this process was started as an agent (or as the
+// agent's capability-dropping trampoline).
+func IsAgent() bool {
+	return os.Getenv(envAgent) != "" || os.Getenv(envDropCaps) != ""
+}
+
+// RunAgent serves requests on the listening socket at fd 3 until the TTL
+// expires, a stop message arrives, or (one-shot) the first request is done.
+// It returns the process exit status.
+func RunAgent() int {
+	if os.Getenv(envDropCaps) != "" {
+		return runDropCaps()
+	}
+	if os.Getenv(envHelper) != "" {
+		return runHelper()
+	}
+	a, err := newAgentFromEnv()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "lectic-nix-sandbox agent:", err)
+		return 125
+	}
+	return a.serve()
+}
+
+// agent is the state of one agent process.
+type agent struct {
+	lfd     int
+	build   string
+	oneShot bool
+	created time.Time
+	reaper  *reaper
+	done    chan int // exit status of the whole agent
+
+	mu       sync.Mutex
+	ttl      time.Duration
+	running  int
+	idleFrom time.Time
+	changed  chan struct{} // kicked when running or ttl change
+
+	helpersMu sync.Mutex
+	helpers   map[helperKey]*helper
+	isHelper  bool
+	onStart   func(id int64, pid int) // a helper tells its agent which group to kill if it dies
+}
+
+func newAgentFromEnv() (*agent, error) {
+	ttl, err := strconv.ParseInt(os.Getenv(envTTL), 10, 64)
+	if err != nil && os.Getenv(envTTL) != "" {
+		return nil, fmt.Errorf("bad %s=%q: %w", envTTL, os.Getenv(envTTL), err)
+	}
+	if _, err := unix.FcntlInt(uintptr(listenFD), unix.F_GETFD, 0); err != nil {
+		return nil, fmt.Errorf("no listening socket at fd %d: %w", listenFD, err)
+	}
+	closeOnExecAll()
+	// When not PID 1 (tests, diagnosis), orphans of commands must still be
+	// reaped here rather than by whatever init the host has.
+	if os.Getpid() != 1 {
+		_ = unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+	}
+	a := newAgent(os.Getenv(envBuild), time.Duration(ttl)*time.Second, os.Getenv(envOneShot) != "")
+	a.lfd = listenFD
+	return a, nil
+}
+
+// closeOnExecAll marks every fd above stdio close-on-exec, so nothing the
+// agent inherited reaches a command.
+func closeOnExecAll() {
+	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err == nil {
+		return
+	}
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			unix.CloseOnExec(fd)
+		}
+	}
+}
+
+func newAgent(build string, ttl time.Duration, oneShot bool) *agent {
+	now := time.Now()
+	return &agent{
+		lfd:      -1,
+		build:    build,
+		oneShot:  oneShot,
+		created:  now,
+		reaper:   newReaper(),
+		done:     make(chan int, 1),
+		ttl:      ttl,
+		idleFrom: now,
+		changed:  make(chan struct{}, 1),
+		helpers:  make(map[helperKey]*helper),
+	}
+}
+
+// serve runs the agent until it has a reason to exit.
+func (a *agent) serve() int {
+	go a.reaper.run()
+	go a.acceptLoop()
+	go a.watchTTL()
+	code := <-a.done
+	a.reaper.killAll()
+	return code
+}
+
+func (a *agent) finish(code int) {
+	select {
+	case a.done <- code:
+	default:
+	}
+}
+
+func (a *agent) acceptLoop() {
+	for {
+		fd, _, err := unix.Accept4(a.lfd, unix.SOCK_CLOEXEC)
+		if err == unix.EINTR || err == unix.ECONNABORTED {
+			continue
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "lectic-nix-sandbox agent: accept:", err)
+			a.finish(125)
+			return
+		}
+		go a.handle(conn{fd: fd})
+		if a.oneShot {
+			// Nobody else may join a one-shot container.
+			return
+		}
+	}
+}
+
+// kick tells watchTTL that the idle state changed.
+func (a *agent) kick() {
+	select {
+	case a.changed <- struct{}{}:
+	default:
+	}
+}
+
+// watchTTL ends the agent after ttl with no request running.
+func (a *agent) watchTTL() {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		a.mu.Lock()
+		armed := a.running == 0 && a.ttl > 0
+		wait := time.Until(a.idleFrom.Add(a.ttl))
+		a.mu.Unlock()
+		if !armed {
+			<-a.changed
+			continue
+		}
+		if wait <= 0 {
+			a.finish(0)
+			return
+		}
+		timer.Reset(wait)
+		select {
+		case <-timer.C:
+		case <-a.changed:
+			if !timer.Stop() {
+				<-timer.C
+			}
+		}
+	}
+}
+
+// begin counts a running request; end uncounts it.
+func (a *agent) begin() {
+	a.mu.Lock()
+	a.running++
+	a.mu.Unlock()
+	a.kick()
+}
+
+func (a *agent) end() {
+	a.mu.Lock()
+	a.running--
+	if a.running == 0 {
+		a.idleFrom = time.Now()
+	}
+	a.mu.Unlock()
+	a.kick()
+}
+
+func (a *agent) setTTL(seconds int64) {
+	a.mu.Lock()
+	a.ttl = time.Duration(seconds) * time.Second
+	a.mu.Unlock()
+	a.kick()
+}
+
+func (a *agent) status() *agentStatus {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s := &agentStatus{Running: a.running, TTLSeconds: int64(a.ttl / time.Second), Created: a.created}
+	if a.running == 0 {
+		s.IdleSeconds = int64(time.Since(a.idleFrom) / time.Second)
+	}
+	return s
+}
+
+// handle serves one connection: a run, status or stop request.
+func (a *agent) handle(c conn) {
+	defer c.close()
+	m, fds, err := c.recv()
+	if err != nil {
+		return
+	}
+	switch m.Type {
+	case msgRun:
+		a.begin()
+		a.handleRun(c, m, fds)
+		if a.oneShot {
+			a.finish(0)
+		}
+	case msgStatus:
+		closeAll(fds)
+		_ = c.send(&message{Type: msgStatus, Proto: Proto, Build: a.build, Status: a.status()})
+	case msgStop:
+		closeAll(fds)
+		_ = c.send(&message{Type: msgStop, Proto: Proto})
+		a.finish(0)
+	default:
+		closeAll(fds)
+		_ = c.send(&message{Type: msgError, Code: 125, Message: "unknown request type " + strconv.Quote(m.Type)})
+	}
+}
+
+// handleRun starts the command, relays signals to it, and reports its exit.
+// The request counts as running until its exit status is known, so a
+// status request right after the client's return sees it idle.
+func (a *agent) handleRun(c conn, m *message, fds []int) {
+	if !a.checkRun(c, m, fds) {
+		closeAll(fds)
+		a.end()
+		return
+	}
+	if h := a.helperFor(m.User); h != nil && h.serve(c, m, fds) {
+		a.end()
+		return
+	}
+	p, cerr := a.start(m, fds)
+	closeAll(fds) // the command has its own copies
+	if cerr != nil {
+		_ = c.send(&message{Type: msgError, Code: cerr.code, Message: cerr.msg})
+		a.end()
+		return
+	}
+	if a.onStart != nil {
+		a.onStart(m.ID, p.pid)
+	}
+	if err := c.send(&message{Type: msgStarted, Pid: p.pid}); err != nil {
+		p.kill(unix.SIGKILL)
+	}
+	relayDone := make(chan struct{})
+	go a.relay(c, p, relayDone)
+	st := <-p.exited
+	a.end()
+	_ = c.send(&message{Type: msgExit, Code: st.code, Signal: st.signal})
+	c.shutdown()
+	<-relayDone
+}
+
+// checkRun checks a run request; on failure it has answered the client.
+func (a *agent) checkRun(c conn, m *message, fds []int) bool {
+	if m.Proto != Proto || (a.build != "" && m.Build != a.build) {
+		_ = c.send(&message{Type: msgError, Code: 125, Reason: reasonMismatch, Proto: Proto, Build: a.build,
+			Message: fmt.Sprintf("agent speaks protocol %d build %q, client protocol %d build %q", Proto, a.build, m.Proto, m.Build)})
+		return false
+	}
+	if m.TTLSeconds != nil {
+		a.setTTL(*m.TTLSeconds)
+	}
+	if len(fds) != 3 {
+		_ = c.send(&message{Type: msgError, Code: 125, Message: fmt.Sprintf("run request carries %d fds, want 3 (stdin, stdout, stderr)", len(fds))})
+		return false
+	}
+	return true
+}
+
+// relay forwards signal messages to the command's process group, and kills
+// the group when the client goes away before the command ends.
+func (a *agent) relay(c conn, p *proc, done chan<- struct{}) {
+	defer close(done)
+	for {
+		m, fds, err := c.recv()
+		closeAll(fds)
+		if errors.Is(err, io.EOF) || err != nil {
+			p.kill(unix.SIGKILL)
+			return
+		}
+		if m.Type == msgSignal && m.Signal > 0 && m.Signal < 65 {
+			p.kill(unix.Signal(m.Signal))
+		}
+	}
+}
+
+// start resolves and starts the command of a run request.
+func (a *agent) start(m *message, fds []int) (*proc, *cmdError) {
+	user := UserSpec{Mode: "caller"}
+	if m.User != nil {
+		user = *m.User
+	}
+	spec, cerr := prepare(m.Argv, m.Env, m.Cwd, user)
+	if cerr != nil {
+		return nil, cerr
+	}
+	spec.files = [3]int{fds[0], fds[1], fds[2]}
+	p, err := a.reaper.spawn(spec)
+	if err != nil {
+		return nil, execError(m.Argv[0], err)
+	}
+	return p, nil
+}

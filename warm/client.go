@@ -1,0 +1,288 @@
+package warm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/namespace"
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/oci"
+)
+
+// Exit codes the client produces itself.
+const (
+	exitTimeout = 124
+	exitSandbox = 125
+)
+
+// Request is one command to run in the container.
+type Request struct {
+	Argv []string
+	Env  []string // the command's whole environment (oci.CommandEnv); its PATH resolves Argv[0]
+	Cwd  string   // in-container path; "" means /
+	User UserSpec
+	// Stdin, Stdout and Stderr are passed to the command as they are (no
+	// copying). nil means this process's own.
+	Stdin, Stdout, Stderr *os.File
+	// Timeout > 0 kills the command's process group when it expires; Run
+	// then returns 124.
+	Timeout time.Duration
+}
+
+// Spec describes the warm container a request runs in.
+type Spec struct {
+	Key     string        // from Key(); names T/warm/<Key>
+	TTL     time.Duration // idle time after which the agent exits; 0 = never
+	OneShot bool          // a private container that ends after this call (--no-keep-warm)
+	BuildID string        // from BuildID(); "" = computed from /proc/self/exe
+	Image   string        // shown by List: a human label of the image
+	ChainID string        // the image's chain id; List reports it so GC keeps the image
+	Workdir string        // shown by List; "" = Create.Config.Workdir
+	// Notice is written once to the request's stderr when this call creates
+	// the container (e.g. why the host image is used).
+	Notice string
+	// CacheRoot is C. When Create.Config.AgentPath is empty, the container
+	// gets AgentBinary(CacheRoot); resolved only when a container is created.
+	CacheRoot string
+	// Users and Groups are added to the image's /etc/passwd and /etc/group
+	// (oci.MergePasswd, oci.MergeGroup) when the container is created.
+	Users  []oci.User
+	Groups []oci.Group
+	// Create describes the container. cmd fills Config (Image, Workdir,
+	// Home, HomeTarget, Volumes, AllowNet, AgentPath from AgentBinary,
+	// Hostname, ...); warm fills ID, StateDir, the overlay dirs, Volatile,
+	// EtcFiles, InitArgs, InitEnv, ExtraFiles, Stdio and Config.HostUID/GID.
+	Create namespace.CreateOptions
+	// Plain runs the agent as an ordinary process without any namespace.
+	// It isolates nothing: it exists for tests and diagnosis.
+	Plain bool
+}
+
+// errAgentGone means the agent closed the connection before it took the
+// request; a fresh agent is started and the request sent again.
+var errAgentGone = errors.New("agent closed the connection before taking the request")
+
+// errMismatch means the agent is of another protocol or build.
+var errMismatch = errors.New("agent of another protocol or build")
+
+// Run runs r in the warm container described by s, starting the container
+// when none answers, and returns the exit code: the command's, 128+N when a
+// signal N killed it, 124 on timeout, 126/127 when it cannot be executed or
+// found (the reason is then written to r.Stderr). Failures of the sandbox
+// itself come back as (125, error) with a one-line message.
+//
+// ctx bounds the start of a container; once the command runs, it is ended
+// by forwarded signals and r.Timeout, not by ctx.
+func Run(ctx context.Context, tempRoot string, s Spec, r Request) (int, error) {
+	if err := s.fill(); err != nil {
+		return exitSandbox, err
+	}
+	sock := socketPath(tempRoot, s.Key)
+	if err := checkSocketPath(sock); err != nil {
+		return exitSandbox, err
+	}
+	r.User = imageUser(r.User, s)
+	code, err := runWithRetry(ctx, tempRoot, s, r, sock)
+	if s.OneShot {
+		// Nothing stays behind: wait for the supervisor's cleanup.
+		waitGone(warmDir(tempRoot, s.Key), 10*time.Second)
+		_ = os.Remove(keyLockPath(tempRoot, s.Key))
+	}
+	return code, err
+}
+
+// imageUser resolves the "image" mode without a name to the image config's
+// User; an image without one runs as root, as it would under Docker.
+func imageUser(u UserSpec, s Spec) UserSpec {
+	if u.Mode != "image" || u.Name != "" {
+		return u
+	}
+	if user := s.Create.Config.Image.Config.User; user != "" {
+		u.Name = user
+		return u
+	}
+	return UserSpec{Mode: "root"}
+}
+
+// fill completes the defaults of a spec.
+func (s *Spec) fill() error {
+	if s.Key == "" {
+		return errors.New("warm: empty key")
+	}
+	if s.BuildID == "" {
+		id, err := BuildID("/proc/self/exe")
+		if err != nil {
+			return err
+		}
+		s.BuildID = id
+	}
+	if s.OneShot {
+		s.Key += "-" + randomHex(4)
+	}
+	return nil
+}
+
+func runWithRetry(ctx context.Context, tempRoot string, s Spec, r Request, sock string) (int, error) {
+	const attempts = 4
+	var last error
+	for i := 0; i < attempts; i++ {
+		c, err := dial(sock)
+		if err != nil {
+			if !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ECONNREFUSED) {
+				return exitSandbox, fmt.Errorf("reach the sandbox agent: %w", err)
+			}
+			if err := ensureAgent(ctx, tempRoot, s, orDefault(r.Stderr, os.Stderr)); err != nil {
+				return exitSandbox, err
+			}
+			continue
+		}
+		code, err := call(c, s, r)
+		switch {
+		case errors.Is(err, errMismatch):
+			if err := Stop(tempRoot, s.Key); err != nil {
+				return exitSandbox, fmt.Errorf("replace an outdated sandbox agent: %w", err)
+			}
+		case errors.Is(err, errAgentGone):
+			last = err
+		default:
+			return code, err
+		}
+	}
+	return exitSandbox, fmt.Errorf("the sandbox agent keeps going away (%v); see %s/log", last, warmDir(tempRoot, s.Key))
+}
+
+// call sends one run request on c and follows it to the command's exit.
+func call(c conn, s Spec, r Request) (int, error) {
+	defer c.close()
+	ttl := int64(s.TTL / time.Second)
+	m := &message{Type: msgRun, Proto: Proto, Build: s.BuildID, Argv: r.Argv, Env: r.Env, Cwd: r.Cwd, User: &r.User, TTLSeconds: &ttl}
+	stdio := [3]*os.File{orDefault(r.Stdin, os.Stdin), orDefault(r.Stdout, os.Stdout), orDefault(r.Stderr, os.Stderr)}
+	fds, err := rawFDs(stdio)
+	if err != nil {
+		return exitSandbox, err
+	}
+	// Signals are caught before the command starts, so one that arrives
+	// while it starts is forwarded rather than ending the client.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	err = c.send(m, fds[:]...)
+	for _, f := range stdio {
+		runtime.KeepAlive(f)
+	}
+	if err != nil {
+		return exitSandbox, errAgentGone
+	}
+	reply, fds2, err := c.recv()
+	closeAll(fds2)
+	if err != nil {
+		return exitSandbox, errAgentGone
+	}
+	switch {
+	case reply.Type == msgError && reply.Reason == reasonMismatch:
+		return exitSandbox, errMismatch
+	case reply.Type == msgError && reply.Code == exitSandbox:
+		return exitSandbox, errors.New(reply.Message)
+	case reply.Type == msgError:
+		fmt.Fprintln(stdio[2], "lectic-nix-sandbox: "+reply.Message)
+		return reply.Code, nil
+	case reply.Type != msgStarted:
+		return exitSandbox, fmt.Errorf("sandbox agent answered %q to a run request", reply.Type)
+	}
+	return follow(c, sigs, r.Timeout)
+}
+
+// follow forwards signals and the timeout to the running command and waits
+// for its exit status.
+func follow(c conn, sigs <-chan os.Signal, timeout time.Duration) (int, error) {
+	var expired <-chan time.Time
+	if timeout > 0 {
+		t := time.NewTimer(timeout)
+		defer t.Stop()
+		expired = t.C
+	}
+	exits := make(chan exitResult, 1)
+	go readExit(c, exits)
+	timedOut := false
+	for {
+		select {
+		case sig := <-sigs:
+			_ = c.send(&message{Type: msgSignal, Signal: int(sig.(syscall.Signal))})
+		case <-expired:
+			timedOut = true
+			_ = c.send(&message{Type: msgSignal, Signal: int(syscall.SIGKILL)})
+		case res := <-exits:
+			return res.code(timedOut)
+		}
+	}
+}
+
+// exitResult is the end of a call as the connection saw it.
+type exitResult struct {
+	msg *message
+	err error
+}
+
+func (e exitResult) code(timedOut bool) (int, error) {
+	if e.err != nil {
+		return exitSandbox, fmt.Errorf("sandbox agent died during the call (%v); run again, the next call starts a fresh container", e.err)
+	}
+	if timedOut {
+		return exitTimeout, nil
+	}
+	if e.msg.Signal > 0 {
+		return 128 + e.msg.Signal, nil
+	}
+	return e.msg.Code, nil
+}
+
+// readExit waits for the exit message; every other message is ignored.
+func readExit(c conn, out chan<- exitResult) {
+	for {
+		m, fds, err := c.recv()
+		closeAll(fds)
+		if errors.Is(err, io.EOF) {
+			out <- exitResult{err: errors.New("connection closed before the exit status arrived")}
+			return
+		}
+		if err != nil {
+			out <- exitResult{err: err}
+			return
+		}
+		if m.Type == msgExit {
+			out <- exitResult{msg: m}
+			return
+		}
+	}
+}
+
+func orDefault(f, def *os.File) *os.File {
+	if f != nil {
+		return f
+	}
+	return def
+}
+
+// rawFDs returns the descriptors of files without switching them to
+// blocking mode, as (*os.File).Fd would.
+func rawFDs(files [3]*os.File) ([3]int, error) {
+	var fds [3]int
+	for i, f := range files {
+		sc, err := f.SyscallConn()
+		if err != nil {
+			return fds, fmt.Errorf("pass stdio fd %d: %w", i, err)
+		}
+		if err := sc.Control(func(fd uintptr) { fds[i] = int(fd) }); err != nil {
+			return fds, fmt.Errorf("pass stdio fd %d: %w", i, err)
+		}
+	}
+	return fds, nil
+}

@@ -1,0 +1,192 @@
+package warm
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+)
+
+// cmdError is a failure to start a command, with the exit code the caller
+// reports for it (125 sandbox, 126 not executable, 127 not found).
+type cmdError struct {
+	code int
+	msg  string
+}
+
+func (e *cmdError) Error() string { return e.msg }
+
+// cmdSpec is a command ready for ForkExec.
+type cmdSpec struct {
+	path  string
+	argv  []string
+	env   []string
+	dir   string
+	sys   *syscall.SysProcAttr
+	files [3]int
+}
+
+// prepare validates a run request and turns it into a cmdSpec.
+func prepare(argv, env []string, cwd string, user UserSpec) (*cmdSpec, *cmdError) {
+	if len(argv) == 0 || argv[0] == "" {
+		return nil, &cmdError{125, "empty command"}
+	}
+	if cwd == "" {
+		cwd = "/"
+	}
+	if cerr := checkDir(cwd); cerr != nil {
+		return nil, cerr
+	}
+	path, cerr := lookPath(argv[0], pathOf(env), cwd)
+	if cerr != nil {
+		return nil, cerr
+	}
+	s := &cmdSpec{path: path, argv: argv, env: env, dir: cwd}
+	if cerr := s.setIdentity(user); cerr != nil {
+		return nil, cerr
+	}
+	return s, nil
+}
+
+func checkDir(cwd string) *cmdError {
+	if !filepath.IsAbs(cwd) {
+		return &cmdError{125, fmt.Sprintf("working directory %q is not an absolute path", cwd)}
+	}
+	fi, err := os.Stat(cwd)
+	if err != nil {
+		return &cmdError{125, fmt.Sprintf("working directory %s does not exist in the sandbox; pass an existing directory", cwd)}
+	}
+	if !fi.IsDir() {
+		return &cmdError{125, fmt.Sprintf("working directory %s is not a directory", cwd)}
+	}
+	return nil
+}
+
+// pathOf returns the request's PATH: the command is looked up the way the
+// user's shell in the container would, not with the agent's own PATH.
+func pathOf(env []string) string {
+	path := ""
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
+			path = v
+		}
+	}
+	return path
+}
+
+// lookPath resolves argv[0]: a name with a slash is taken as it is (relative
+// to cwd), a bare name is searched in path.
+func lookPath(name, path, cwd string) (string, *cmdError) {
+	if strings.Contains(name, "/") {
+		full := name
+		if !filepath.IsAbs(full) {
+			full = filepath.Join(cwd, full)
+		}
+		switch err := executable(full); {
+		case err == nil:
+			return full, nil
+		case errors.Is(err, os.ErrNotExist):
+			return "", &cmdError{127, "command not found: " + name}
+		default:
+			return "", &cmdError{126, fmt.Sprintf("cannot execute %s: %v", name, err)}
+		}
+	}
+	var denied error
+	for _, dir := range filepath.SplitList(path) {
+		if dir == "" {
+			dir = cwd
+		} else if !filepath.IsAbs(dir) {
+			dir = filepath.Join(cwd, dir)
+		}
+		full := filepath.Join(dir, name)
+		err := executable(full)
+		if err == nil {
+			return full, nil
+		}
+		if denied == nil && !errors.Is(err, os.ErrNotExist) {
+			denied = err
+		}
+	}
+	if denied != nil {
+		return "", &cmdError{126, fmt.Sprintf("cannot execute %s: %v", name, denied)}
+	}
+	return "", &cmdError{127, "command not found: " + name}
+}
+
+var errNotExecutable = errors.New("permission denied")
+
+// executable reports whether path is a regular file with an execute bit.
+func executable(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+			return os.ErrNotExist
+		}
+		return err
+	}
+	if fi.IsDir() {
+		return errors.New("is a directory")
+	}
+	if fi.Mode()&0o111 == 0 {
+		return errNotExecutable
+	}
+	return nil
+}
+
+// execError maps a failed fork/exec to the caller's exit code.
+func execError(name string, err error) *cmdError {
+	switch {
+	case errors.Is(err, syscall.ENOENT):
+		return &cmdError{127, fmt.Sprintf("command not found: %s (or its interpreter)", name)}
+	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM), errors.Is(err, syscall.ENOEXEC),
+		errors.Is(err, syscall.EISDIR), errors.Is(err, syscall.ETXTBSY):
+		return &cmdError{126, fmt.Sprintf("cannot execute %s: %v", name, err)}
+	default:
+		return &cmdError{125, fmt.Sprintf("start %s: %v", name, err)}
+	}
+}
+
+// setIdentity chooses who the command runs as.
+//
+// Every mode but root puts the command in a nested user namespace that
+// maps the target uid/gid to the agent's own ids (uid 0 of the container,
+// which is the caller on the host). Files the caller owns then show as
+// owned by the target uid, files the command creates belong to the caller
+// on the host, and a non-zero uid loses every capability at exec. A target
+// uid of 0 would keep them, so that path goes through the capability
+// dropping trampoline. Supplementary groups are not supported: a nested
+// namespace without a privileged helper must deny setgroups.
+func (s *cmdSpec) setIdentity(u UserSpec) *cmdError {
+	s.sys = &syscall.SysProcAttr{Setpgid: true}
+	uid, gid, nested, cerr := target(u)
+	if cerr != nil || !nested {
+		return cerr
+	}
+	s.sys.Cloneflags = syscall.CLONE_NEWUSER
+	s.sys.UidMappings = []syscall.SysProcIDMap{{ContainerID: int(uid), HostID: os.Getuid(), Size: 1}}
+	s.sys.GidMappings = []syscall.SysProcIDMap{{ContainerID: int(gid), HostID: os.Getgid(), Size: 1}}
+	s.sys.Credential = &syscall.Credential{Uid: uid, Gid: gid, NoSetGroups: true}
+	if uid == 0 {
+		s.env = append(append([]string(nil), s.env...), envDropCaps+"="+s.path)
+		s.path = "/proc/self/exe"
+	}
+	return nil
+}
+
+// target resolves whom a user spec runs as; nested is false when the
+// command keeps the agent's own identity (root mode).
+func target(u UserSpec) (uid, gid uint32, nested bool, cerr *cmdError) {
+	switch u.Mode {
+	case "root":
+		return 0, 0, false, nil
+	case "", "caller":
+		return u.UID, u.GID, true, nil
+	case "id", "image":
+		uid, gid, cerr = resolveUser(u, "/etc/passwd", "/etc/group")
+		return uid, gid, cerr == nil, cerr
+	default:
+		return 0, 0, false, &cmdError{125, fmt.Sprintf("unknown user mode %q", u.Mode)}
+	}
+}

@@ -1,0 +1,301 @@
+package warm
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// envHelper marks an identity helper: an agent that lives in a nested user
+// namespace as one uid/gid and runs the commands of that identity.
+//
+// Why: starting each command in a fresh nested user namespace forbids the
+// vfork fast path of fork/exec and costs about 2 ms per call. A helper pays
+// that once per identity and container; afterwards the agent hands it the
+// client's connection and stdio over a socketpair (SCM_RIGHTS) and the
+// helper forks the command as itself. For uid 0 the helper forks from one
+// thread that dropped every capability (capabilities are per thread), so
+// the command starts without any, like the trampoline path that is used
+// when no helper can be started.
+const envHelper = "_LECTIC_NIX_SANDBOX_HELPER"
+
+// helperDropCaps is envHelper's value for a uid 0 helper.
+const helperDropCaps = "dropcaps"
+
+// helperStartTimeout bounds the wait for a new helper's ready message.
+const helperStartTimeout = 5 * time.Second
+
+// helperFD is where a helper finds its socketpair end.
+const helperFD = 3
+
+type helperKey struct{ uid, gid uint32 }
+
+// helper is the agent's side of one identity helper.
+type helper struct {
+	c   conn
+	pid int
+
+	sendMu sync.Mutex // one message at a time on the socketpair
+
+	mu      sync.Mutex
+	pending map[int64]chan struct{}
+	groups  map[int64]int // request -> process group of its command
+	nextID  int64
+	dead    bool
+}
+
+// helperFor returns the helper that runs commands as user, starting it if
+// needed, or nil when the command should be started directly.
+func (a *agent) helperFor(u *UserSpec) *helper {
+	if a.isHelper || u == nil {
+		return nil
+	}
+	uid, gid, nested, cerr := target(*u)
+	if cerr != nil || !nested {
+		return nil
+	}
+	key := helperKey{uid, gid}
+	a.helpersMu.Lock()
+	defer a.helpersMu.Unlock()
+	if h := a.helpers[key]; h != nil {
+		return h
+	}
+	h, err := a.startHelper(key)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "lectic-nix-sandbox agent: start identity helper:", err)
+		return nil
+	}
+	a.helpers[key] = h
+	go h.readLoop(func() {
+		a.helpersMu.Lock()
+		if a.helpers[key] == h {
+			delete(a.helpers, key)
+		}
+		a.helpersMu.Unlock()
+	})
+	return h
+}
+
+// startHelper starts a helper as key's uid/gid in a nested user namespace.
+func (a *agent) startHelper(key helperKey) (*helper, error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("socketpair: %w", err)
+	}
+	defer unix.Close(fds[1])
+	mode := "1"
+	if key.uid == 0 {
+		mode = helperDropCaps
+	}
+	spec := &cmdSpec{
+		path: "/proc/self/exe",
+		argv: []string{"lectic-nix-sandbox-helper"},
+		env:  []string{envAgent + "=1", envHelper + "=" + mode},
+		dir:  "/",
+		sys: &syscall.SysProcAttr{
+			Setpgid:     true,
+			Pdeathsig:   syscall.SIGKILL,
+			Cloneflags:  syscall.CLONE_NEWUSER,
+			UidMappings: []syscall.SysProcIDMap{{ContainerID: int(key.uid), HostID: os.Getuid(), Size: 1}},
+			GidMappings: []syscall.SysProcIDMap{{ContainerID: int(key.gid), HostID: os.Getgid(), Size: 1}},
+			Credential:  &syscall.Credential{Uid: key.uid, Gid: key.gid, NoSetGroups: true},
+		},
+	}
+	pid, err := a.reaper.spawnFiles(spec, []uintptr{0, 2, 2, uintptr(fds[1])})
+	if err != nil {
+		unix.Close(fds[0])
+		return nil, err
+	}
+	c := conn{fd: fds[0]}
+	if err := awaitHelper(c); err != nil {
+		c.close()
+		_ = unix.Kill(pid, unix.SIGKILL)
+		return nil, err
+	}
+	return &helper{c: c, pid: pid, pending: make(map[int64]chan struct{}), groups: make(map[int64]int)}, nil
+}
+
+// awaitHelper waits for a new helper's ready message.
+func awaitHelper(c conn) error {
+	if err := c.setTimeout(helperStartTimeout); err != nil {
+		return err
+	}
+	m, fds, err := c.recv()
+	closeAll(fds)
+	if err != nil {
+		return fmt.Errorf("identity helper did not start: %w", err)
+	}
+	if m.Type != msgStarted {
+		return fmt.Errorf("identity helper failed: %s", m.Message)
+	}
+	return c.setTimeout(0)
+}
+
+// serve hands a checked run request to the helper and waits until the
+// helper has finished it. false means the helper could not take it; fds
+// are then still open and the caller starts the command itself.
+func (h *helper) serve(c conn, m *message, fds []int) bool {
+	id, done := h.register()
+	if done == nil {
+		return false
+	}
+	fwd := *m
+	fwd.ID = id
+	fwd.User = &UserSpec{Mode: "root"} // the helper already is the user
+	fwd.Build, fwd.TTLSeconds = "", nil
+	h.sendMu.Lock()
+	err := h.c.send(&fwd, c.fd, fds[0], fds[1], fds[2])
+	h.sendMu.Unlock()
+	if err != nil {
+		h.complete(id)
+		return false
+	}
+	closeAll(fds)
+	<-done
+	return true
+}
+
+func (h *helper) register() (int64, chan struct{}) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.dead {
+		return 0, nil
+	}
+	h.nextID++
+	done := make(chan struct{})
+	h.pending[h.nextID] = done
+	return h.nextID, done
+}
+
+func (h *helper) complete(id int64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if done := h.pending[id]; done != nil {
+		close(done)
+		delete(h.pending, id)
+	}
+	delete(h.groups, id)
+}
+
+func (h *helper) started(id int64, pgid int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.pending[id] != nil && pgid > 0 {
+		h.groups[id] = pgid
+	}
+}
+
+// readLoop completes requests the helper reports done; when the helper
+// dies, every pending request is over too (its clients see the connection
+// close).
+func (h *helper) readLoop(forget func()) {
+	for {
+		m, fds, err := h.c.recv()
+		closeAll(fds)
+		if err != nil {
+			break
+		}
+		switch m.Type {
+		case msgStarted:
+			h.started(m.ID, m.Pid)
+		case msgDone:
+			h.complete(m.ID)
+		}
+	}
+	forget()
+	h.mu.Lock()
+	h.dead = true
+	// Commands of a dead helper have nobody to report their exit: end them,
+	// as if their clients had gone.
+	for _, pgid := range h.groups {
+		_ = unix.Kill(-pgid, unix.SIGKILL)
+	}
+	for id, done := range h.pending {
+		close(done)
+		delete(h.pending, id)
+	}
+	h.mu.Unlock()
+	h.c.close()
+}
+
+// runHelper is the helper process: it serves requests handed over on fd 3
+// until the agent goes away.
+func runHelper() int {
+	// Commands run as the same uid; they must not be able to ptrace the
+	// helper, which holds the connections of other requests.
+	_ = unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0)
+	closeOnExecAll()
+	parent := conn{fd: helperFD}
+	a := newAgent("", 0, false)
+	a.isHelper = true
+	if os.Getenv(envHelper) == helperDropCaps {
+		run, err := capFreeThread()
+		if err != nil {
+			_ = parent.send(&message{Type: msgError, Message: err.Error()})
+			return 125
+		}
+		a.reaper.runOn = run
+	}
+	if err := parent.send(&message{Type: msgStarted, Pid: os.Getpid()}); err != nil {
+		return 125
+	}
+	go a.reaper.run()
+	var sendMu sync.Mutex
+	a.onStart = func(id int64, pid int) {
+		sendMu.Lock()
+		_ = parent.send(&message{Type: msgStarted, ID: id, Pid: pid})
+		sendMu.Unlock()
+	}
+	for {
+		m, fds, err := parent.recv()
+		if err != nil {
+			a.reaper.killAll()
+			return 0
+		}
+		if m.Type != msgRun || len(fds) != 4 {
+			closeAll(fds)
+			continue
+		}
+		go func() {
+			c := conn{fd: fds[0]}
+			a.begin()
+			a.handleRun(c, m, fds[1:])
+			c.close()
+			sendMu.Lock()
+			_ = parent.send(&message{Type: msgDone, ID: m.ID})
+			sendMu.Unlock()
+		}()
+	}
+}
+
+// capFreeThread starts a goroutine locked to a thread without any
+// capability and returns a function that runs f on that thread. Children
+// forked there inherit the thread's empty capability sets.
+func capFreeThread() (func(f func()), error) {
+	jobs := make(chan func())
+	ready := make(chan error)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread dies with the helper
+		if err := dropAllCaps(); err != nil {
+			ready <- fmt.Errorf("drop capabilities: %w", err)
+			return
+		}
+		close(ready)
+		for f := range jobs {
+			f()
+		}
+	}()
+	if err := <-ready; err != nil {
+		return nil, err
+	}
+	return func(f func()) {
+		done := make(chan struct{})
+		jobs <- func() { f(); close(done) }
+		<-done
+	}, nil
+}

@@ -1,0 +1,249 @@
+package warm
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Proto is the version of the wire protocol between client and agent. A
+// client that meets an agent of another version (or another build) replaces
+// the agent instead of talking to it.
+const Proto = 1
+
+// maxMessage bounds one protocol message. Requests carry the whole
+// environment, which stays far below this in practice.
+const maxMessage = 256 << 10
+
+// maxSocketPath is the usable length of sun_path including its NUL.
+const maxSocketPath = 107
+
+// Message types on the wire.
+const (
+	msgRun     = "run"
+	msgStarted = "started"
+	msgError   = "error"
+	msgSignal  = "signal"
+	msgExit    = "exit"
+	msgStatus  = "status"
+	msgStop    = "stop"
+	msgDone    = "done" // helper -> agent: a delegated request is over
+)
+
+// reasonMismatch marks an error reply that means "this agent speaks another
+// protocol or is another build": the client replaces the agent.
+const reasonMismatch = "mismatch"
+
+// UserSpec says whom the command runs as inside the container.
+type UserSpec struct {
+	// Mode is "caller" (default: the caller's uid/gid, no capabilities),
+	// "root" (uid 0 of the container with its capabilities), "id" (Name
+	// resolved in the container's /etc/passwd, or UID/GID when Name is
+	// empty) or "image" (Name is the image config's User, resolved the same
+	// way).
+	Mode string `json:"mode,omitempty"`
+	UID  uint32 `json:"uid"`
+	GID  uint32 `json:"gid"`
+	// Name is NAME, UID, NAME:GROUP or UID:GID as --user and the image
+	// config's User accept.
+	Name string `json:"name,omitempty"`
+}
+
+// message is every message of the protocol; Type says which fields matter.
+type message struct {
+	Type  string `json:"type"`
+	Proto int    `json:"proto,omitempty"`
+	Build string `json:"build,omitempty"`
+
+	// run
+	Argv       []string  `json:"argv,omitempty"`
+	Env        []string  `json:"env,omitempty"`
+	Cwd        string    `json:"cwd,omitempty"`
+	User       *UserSpec `json:"user,omitempty"`
+	TTLSeconds *int64    `json:"ttl_seconds,omitempty"`
+
+	// ID names a request the agent delegated to an identity helper.
+	ID int64 `json:"id,omitempty"`
+
+	// started, exit, error, signal
+	Pid     int    `json:"pid,omitempty"`
+	Code    int    `json:"code,omitempty"`
+	Signal  int    `json:"signal,omitempty"`
+	Message string `json:"message,omitempty"`
+	Reason  string `json:"reason,omitempty"`
+
+	// status reply
+	Status *agentStatus `json:"status,omitempty"`
+}
+
+// agentStatus is what an agent tells --list about itself.
+type agentStatus struct {
+	Running     int       `json:"running_requests"`
+	IdleSeconds int64     `json:"idle_seconds"`
+	TTLSeconds  int64     `json:"ttl_seconds"`
+	Created     time.Time `json:"created"`
+}
+
+// conn is one SOCK_SEQPACKET connection. Blocking syscalls are used on
+// purpose: one connection per goroutine, no poller, nothing to initialise.
+type conn struct{ fd int }
+
+// send writes one message, with fds attached as SCM_RIGHTS when given.
+func (c conn) send(m *message, fds ...int) error {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("encode %s message: %w", m.Type, err)
+	}
+	var oob []byte
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
+	}
+	for {
+		err = unix.Sendmsg(c.fd, b, oob, nil, unix.MSG_NOSIGNAL)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("send %s message: %w", m.Type, err)
+	}
+	return nil
+}
+
+// recv reads one message and the fds that came with it (close-on-exec).
+// A closed peer gives io.EOF.
+func (c conn) recv() (*message, []int, error) {
+	buf := make([]byte, maxMessage)
+	oob := make([]byte, unix.CmsgSpace(3*4))
+	var n, oobn, flags int
+	var err error
+	for {
+		n, oobn, flags, _, err = unix.Recvmsg(c.fd, buf, oob, unix.MSG_CMSG_CLOEXEC)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("receive message: %w", err)
+	}
+	fds, err := parseRights(oob[:oobn])
+	if err != nil {
+		return nil, nil, err
+	}
+	if n == 0 {
+		closeAll(fds)
+		return nil, nil, io.EOF
+	}
+	if flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 {
+		closeAll(fds)
+		return nil, nil, errors.New("receive message: message too large")
+	}
+	var m message
+	if err := json.Unmarshal(buf[:n], &m); err != nil {
+		closeAll(fds)
+		return nil, nil, fmt.Errorf("decode message: %w", err)
+	}
+	return &m, fds, nil
+}
+
+// shutdown wakes a goroutine blocked in recv on this connection.
+func (c conn) shutdown() { _ = unix.Shutdown(c.fd, unix.SHUT_RDWR) }
+
+func (c conn) close() { _ = unix.Close(c.fd) }
+
+// setTimeout bounds every later send and recv on the connection.
+func (c conn) setTimeout(d time.Duration) error {
+	tv := unix.NsecToTimeval(d.Nanoseconds())
+	if err := unix.SetsockoptTimeval(c.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		return fmt.Errorf("set receive timeout: %w", err)
+	}
+	if err := unix.SetsockoptTimeval(c.fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv); err != nil {
+		return fmt.Errorf("set send timeout: %w", err)
+	}
+	return nil
+}
+
+func parseRights(oob []byte) ([]int, error) {
+	if len(oob) == 0 {
+		return nil, nil
+	}
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil, fmt.Errorf("parse control message: %w", err)
+	}
+	var fds []int
+	for _, m := range msgs {
+		got, err := unix.ParseUnixRights(&m)
+		if err != nil {
+			closeAll(fds)
+			return nil, fmt.Errorf("parse passed fds: %w", err)
+		}
+		fds = append(fds, got...)
+	}
+	return fds, nil
+}
+
+func closeAll(fds []int) {
+	for _, fd := range fds {
+		_ = unix.Close(fd)
+	}
+}
+
+// checkSocketPath fails clearly when a path cannot be a unix socket address.
+func checkSocketPath(path string) error {
+	if len(path) > maxSocketPath {
+		return fmt.Errorf("socket path %s is %d bytes, longer than the %d a unix socket allows; set LECTIC_TEMP to a shorter directory", path, len(path), maxSocketPath)
+	}
+	return nil
+}
+
+// dial connects to a listening agent socket.
+func dial(path string) (conn, error) {
+	if err := checkSocketPath(path); err != nil {
+		return conn{}, err
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return conn{}, fmt.Errorf("create socket: %w", err)
+	}
+	for {
+		err = unix.Connect(fd, &unix.SockaddrUnix{Name: path})
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		_ = unix.Close(fd)
+		return conn{}, fmt.Errorf("connect to %s: %w", path, err)
+	}
+	return conn{fd: fd}, nil
+}
+
+// listen creates the agent's listening socket at path, replacing a stale
+// socket file left there.
+func listen(path string) (int, error) {
+	if err := checkSocketPath(path); err != nil {
+		return -1, err
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("create socket: %w", err)
+	}
+	if err := unix.Unlink(path); err != nil && err != unix.ENOENT {
+		_ = unix.Close(fd)
+		return -1, fmt.Errorf("remove old socket %s: %w", path, err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		_ = unix.Close(fd)
+		return -1, fmt.Errorf("bind %s: %w", path, err)
+	}
+	if err := unix.Listen(fd, 128); err != nil {
+		_ = unix.Close(fd)
+		return -1, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	return fd, nil
+}

@@ -1,0 +1,460 @@
+package warm
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/namespace"
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/oci"
+)
+
+// envSupervisor marks the supervisor; its value is the stage: "launch" is a
+// short-lived parent that detaches the real supervisor ("run") and exits,
+// so the client has nothing to reap later and the supervisor has no parent
+// that holds it.
+const envSupervisor = "_LECTIC_NIX_SANDBOX_SUPERVISOR"
+
+const (
+	stageLaunch = "launch"
+	stageRun    = "run"
+)
+
+// Fds of the supervisor besides stdio.
+const (
+	specFD  = 3 // the supervisorSpec as JSON, then EOF
+	readyFD = 4 // "ok\n" or one error line
+)
+
+// startTimeout bounds how long a client waits for a new container.
+const startTimeout = 2 * time.Minute
+
+// IsSupervisor reports whether this process was started as a supervisor.
+func IsSupervisor() bool { return os.Getenv(envSupervisor) != "" }
+
+// RunSupervisor creates one container, serves as its owner until the agent
+// exits or it is told to stop, and removes every trace of it.
+func RunSupervisor() int {
+	if os.Getenv(envSupervisor) == stageLaunch {
+		return launch()
+	}
+	return supervise()
+}
+
+// supervisorSpec is what the client hands the supervisor.
+type supervisorSpec struct {
+	Dir  string `json:"dir"`
+	Spec Spec   `json:"spec"`
+}
+
+// ensureAgent starts the key's container unless another caller did.
+func ensureAgent(ctx context.Context, tempRoot string, s Spec, stderr io.Writer) error {
+	if !validKey(s.Key) {
+		return fmt.Errorf("warm: invalid key %q", s.Key)
+	}
+	lock, err := lockKey(tempRoot, s.Key)
+	if err != nil {
+		return err
+	}
+	defer lock.unlock()
+	if c, err := dial(socketPath(tempRoot, s.Key)); err == nil {
+		c.close()
+		return nil
+	}
+	dir := warmDir(tempRoot, s.Key)
+	if err := clearStale(ctx, dir); err != nil {
+		return err
+	}
+	if err := startSupervisor(ctx, dir, s); err != nil {
+		return err
+	}
+	if s.Notice != "" {
+		fmt.Fprintln(stderr, "lectic-nix-sandbox: "+s.Notice)
+	}
+	return nil
+}
+
+// clearStale removes what a dead container left in dir. A supervisor that
+// is still cleaning up is given time to finish.
+func clearStale(ctx context.Context, dir string) error {
+	if _, err := os.Lstat(dir); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	for supervisorAlive(dir) {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if !waitGone(dir, 10*time.Second) {
+			pid := 0
+			if m, err := readMeta(dir); err == nil {
+				pid = m.SupervisorPid
+			}
+			return fmt.Errorf("the sandbox supervisor (pid %d) of %s is alive but its agent does not answer; run lectic-nix-sandbox --stop %s", pid, dir, filepath.Base(dir))
+		}
+	}
+	return removeWarmDir(dir)
+}
+
+// startSupervisor starts the supervisor for s in dir and waits until its
+// container is ready.
+func startSupervisor(ctx context.Context, dir string, s Spec) error {
+	if !s.Plain && s.Create.Config.AgentPath == "" {
+		if s.CacheRoot == "" {
+			return errors.New("warm: neither an agent binary nor a cache root to copy it to")
+		}
+		p, err := AgentBinary(s.CacheRoot)
+		if err != nil {
+			return err
+		}
+		s.Create.Config.AgentPath = p
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	logf, err := os.OpenFile(filepath.Join(dir, logName), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("create the sandbox log: %w", err)
+	}
+	defer logf.Close()
+	specR, specW, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("start the sandbox supervisor: %w", err)
+	}
+	defer specR.Close()
+	defer specW.Close()
+	readyR, readyW, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("start the sandbox supervisor: %w", err)
+	}
+	defer readyR.Close()
+	cmd := exec.Command("/proc/self/exe")
+	cmd.Args = []string{"lectic-nix-sandbox-supervisor"}
+	cmd.Env = []string{envSupervisor + "=" + stageLaunch, "PATH=" + os.Getenv("PATH")}
+	if s.Plain {
+		cmd.Env = append(cmd.Env, envPlain+"=1")
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.ExtraFiles = []*os.File{specR, readyW}
+	err = cmd.Start()
+	readyW.Close()
+	if err != nil {
+		return fmt.Errorf("start the sandbox supervisor: %w", err)
+	}
+	werr := writeSpec(specW, supervisorSpec{Dir: dir, Spec: s})
+	specW.Close()
+	if err := cmd.Wait(); err != nil {
+		return fmt.Errorf("start the sandbox supervisor: %w (see %s)", err, filepath.Join(dir, logName))
+	}
+	if werr != nil {
+		return werr
+	}
+	return awaitReady(ctx, readyR)
+}
+
+func writeSpec(w *os.File, ss supervisorSpec) error {
+	// Files cannot cross a pipe as JSON; the supervisor makes its own.
+	ss.Spec.Create.ExtraFiles = nil
+	ss.Spec.Create.Stdio = [3]*os.File{}
+	if err := json.NewEncoder(w).Encode(ss); err != nil {
+		return fmt.Errorf("send the container spec to the supervisor: %w", err)
+	}
+	return nil
+}
+
+// awaitReady reads the supervisor's one-line verdict.
+func awaitReady(ctx context.Context, r *os.File) error {
+	deadline := time.Now().Add(startTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	_ = r.SetReadDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { _ = r.SetReadDeadline(time.Now()) })
+	defer stop()
+	line, err := bufio.NewReader(r).ReadString('\n')
+	line = strings.TrimSpace(line)
+	switch {
+	case line == "ok":
+		return nil
+	case line != "":
+		return errors.New(line)
+	case ctx.Err() != nil:
+		return fmt.Errorf("start the sandbox container: %w", ctx.Err())
+	default:
+		return fmt.Errorf("the sandbox supervisor ended without reporting (%v)", err)
+	}
+}
+
+// launch detaches the supervisor: it starts it in its own session (and, for
+// a real container, in its own user and mount namespace) and exits.
+func launch() int {
+	plain := os.Getenv(envPlain) != ""
+	attr := &syscall.SysProcAttr{Setsid: true}
+	if !plain {
+		attr = namespace.CreatorSysProcAttr(os.Getuid(), os.Getgid())
+		attr.Setsid = true
+	}
+	env := append(withoutVar(os.Environ(), envSupervisor), envSupervisor+"="+stageRun)
+	_, err := syscall.ForkExec("/proc/self/exe", []string{"lectic-nix-sandbox-supervisor"}, &syscall.ProcAttr{
+		Env: env, Files: []uintptr{0, 1, 2, specFD, readyFD}, Sys: attr,
+	})
+	if err != nil {
+		fmt.Fprintln(os.NewFile(readyFD, "ready"), "start the sandbox supervisor: "+err.Error())
+		return 1
+	}
+	return 0
+}
+
+// envPlain tells the launcher that the agent runs without namespaces
+// (Spec.Plain), so the supervisor needs none either.
+const envPlain = "_LECTIC_NIX_SANDBOX_PLAIN"
+
+// supervisor owns one container for its whole life.
+type supervisor struct {
+	dir   string
+	spec  Spec
+	log   *os.File
+	alive *os.File
+	agent agentProc
+}
+
+// agentProc is the running agent: a container or, for Plain, a process.
+type agentProc interface {
+	pid() int
+	wait()
+	destroy() error
+}
+
+func supervise() int {
+	ready := os.NewFile(readyFD, "ready")
+	var ss supervisorSpec
+	err := json.NewDecoder(os.NewFile(specFD, "spec")).Decode(&ss)
+	if err != nil {
+		fmt.Fprintln(ready, "read the container spec: "+err.Error())
+		return 1
+	}
+	sv := &supervisor{dir: ss.Dir, spec: ss.Spec, log: os.Stderr}
+	if err := sv.start(); err != nil {
+		fmt.Fprintln(ready, oneLine(err.Error()))
+		ready.Close()
+		sv.cleanup()
+		return 1
+	}
+	fmt.Fprintln(ready, "ok")
+	ready.Close()
+	sv.serve()
+	sv.cleanup()
+	return 0
+}
+
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+// start takes ownership of the dir, creates the socket and the container,
+// and records meta.json.
+func (sv *supervisor) start() error {
+	alive, err := os.OpenFile(filepath.Join(sv.dir, aliveName), os.O_RDWR|os.O_CREATE|syscall.O_CLOEXEC, 0o600)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", filepath.Join(sv.dir, aliveName), err)
+	}
+	if err := flock(alive, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		alive.Close()
+		return fmt.Errorf("another sandbox supervisor owns %s", sv.dir)
+	}
+	sv.alive = alive
+	lfd, err := listen(filepath.Join(sv.dir, sockName))
+	if err != nil {
+		return err
+	}
+	lf := os.NewFile(uintptr(lfd), sockName)
+	defer lf.Close() // the agent has its own copy
+	if sv.spec.Plain {
+		sv.agent, err = startPlainAgent(sv.spec, lf, sv.log)
+	} else {
+		sv.agent, err = startContainer(sv.dir, sv.spec, lf, sv.log)
+	}
+	if err != nil {
+		return err
+	}
+	return sv.writeMeta()
+}
+
+func (sv *supervisor) writeMeta() error {
+	at, _ := startTime(os.Getpid())
+	return writeMeta(sv.dir, &meta{
+		Key:           sv.spec.Key,
+		Image:         sv.spec.Image,
+		ChainID:       sv.spec.ChainID,
+		Workdir:       sv.workdir(),
+		Created:       time.Now().UTC(),
+		SupervisorPid: os.Getpid(),
+		SupervisorAt:  at,
+		AgentPid:      sv.agent.pid(),
+		TTLSeconds:    int64(sv.spec.TTL / time.Second),
+		BuildID:       sv.spec.BuildID,
+	})
+}
+
+func (sv *supervisor) workdir() string {
+	if sv.spec.Workdir != "" {
+		return sv.spec.Workdir
+	}
+	return sv.spec.Create.Config.Workdir
+}
+
+// serve waits for the agent to exit, or ends it on SIGTERM/SIGINT/SIGHUP.
+func (sv *supervisor) serve() {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	exited := make(chan struct{})
+	go func() {
+		sv.agent.wait()
+		close(exited)
+	}()
+	select {
+	case <-exited:
+	case <-sigs:
+	}
+	// The socket goes first so new callers stop connecting to a dying agent.
+	_ = os.Remove(filepath.Join(sv.dir, sockName))
+	if err := sv.agent.destroy(); err != nil {
+		fmt.Fprintln(sv.log, "lectic-nix-sandbox supervisor:", err)
+	}
+	<-exited
+}
+
+// cleanup removes the warm dir; the alive lock goes last, with the process.
+func (sv *supervisor) cleanup() {
+	_ = os.Remove(filepath.Join(sv.dir, sockName))
+	if sv.agent != nil {
+		if err := sv.agent.destroy(); err != nil {
+			fmt.Fprintln(sv.log, "lectic-nix-sandbox supervisor:", err)
+		}
+	}
+	if err := removeWarmDir(sv.dir); err != nil {
+		fmt.Fprintln(sv.log, "lectic-nix-sandbox supervisor:", err)
+	}
+}
+
+// agentEnv is the environment of the agent process.
+func agentEnv(s Spec) []string {
+	env := []string{
+		envAgent + "=1",
+		envBuild + "=" + s.BuildID,
+		envTTL + "=" + strconv.FormatInt(int64(s.TTL/time.Second), 10),
+		"PATH=/usr/local/bin:/usr/bin:/bin",
+	}
+	if s.OneShot {
+		env = append(env, envOneShot+"=1")
+	}
+	return env
+}
+
+// plainAgent is an agent run as an ordinary child process.
+type plainAgent struct{ p *os.Process }
+
+func startPlainAgent(s Spec, lf, logf *os.File) (*plainAgent, error) {
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		return nil, err
+	}
+	defer devnull.Close()
+	p, err := os.StartProcess("/proc/self/exe", []string{"lectic-nix-sandbox-agent"}, &os.ProcAttr{
+		Env:   agentEnv(s),
+		Files: []*os.File{devnull, logf, logf, lf},
+		Sys:   &syscall.SysProcAttr{Setpgid: true},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("start the sandbox agent: %w", err)
+	}
+	return &plainAgent{p: p}, nil
+}
+
+func (a *plainAgent) pid() int { return a.p.Pid }
+func (a *plainAgent) wait()    { _, _ = a.p.Wait() }
+func (a *plainAgent) destroy() error {
+	// The agent's commands live in process groups of their own; the agent
+	// ends them itself on a stop request, a kill takes only the agent.
+	if err := a.p.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return fmt.Errorf("kill the sandbox agent: %w", err)
+	}
+	return nil
+}
+
+// containerAgent is an agent running as a container's init.
+type containerAgent struct{ c *namespace.Container }
+
+func startContainer(dir string, s Spec, lf, logf *os.File) (*containerAgent, error) {
+	o := s.Create
+	o.ID = s.Key
+	o.StateDir = filepath.Join(dir, "state")
+	o.UpperDir = filepath.Join(dir, "upper")
+	o.WorkDir = filepath.Join(dir, "work")
+	o.MergedDir = filepath.Join(dir, "merged")
+	o.Volatile = true
+	o.Config.HostUID, o.Config.HostGID = uint32(os.Getuid()), uint32(os.Getgid())
+	o.InitArgs = []string{oci.AgentTarget}
+	o.InitEnv = agentEnv(s)
+	o.ExtraFiles = []*os.File{lf}
+	o.Stdio = [3]*os.File{nil, logf, logf}
+	for _, d := range []string{o.StateDir, o.UpperDir, o.WorkDir, o.MergedDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("create %s: %w", d, err)
+		}
+	}
+	etc, err := etcFiles(o.Config.Image.Rootfs, s.Users, s.Groups)
+	if err != nil {
+		return nil, err
+	}
+	o.EtcFiles = etc
+	c, err := namespace.Create(context.Background(), o)
+	if err != nil {
+		return nil, fmt.Errorf("create the sandbox container: %w", err)
+	}
+	return &containerAgent{c: c}, nil
+}
+
+// etcFiles merges the users into the image's passwd and group files.
+func etcFiles(rootfs string, users []oci.User, groups []oci.Group) (map[string][]byte, error) {
+	passwd, err := readOptional(rootfs, "/etc/passwd")
+	if err != nil {
+		return nil, err
+	}
+	group, err := readOptional(rootfs, "/etc/group")
+	if err != nil {
+		return nil, err
+	}
+	return map[string][]byte{
+		"/etc/passwd": oci.MergePasswd(passwd, users...),
+		"/etc/group":  oci.MergeGroup(group, groups...),
+	}, nil
+}
+
+func readOptional(rootfs, path string) ([]byte, error) {
+	b, err := namespace.ReadRootFile(rootfs, path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("read the image's %s: %w", path, err)
+	}
+	return b, nil
+}
+
+func (a *containerAgent) pid() int { return a.c.Pid() }
+func (a *containerAgent) wait()    { _, _ = a.c.Wait() }
+func (a *containerAgent) destroy() error {
+	if err := a.c.Destroy(); err != nil {
+		return fmt.Errorf("destroy the sandbox container: %w", err)
+	}
+	return nil
+}
