@@ -48,11 +48,17 @@ func (s *Store) GC(keep []string, out io.Writer) (GCStats, error) {
 	return st, nil
 }
 
-// sourceChainIDs lists the chain ids the source caches point at.
+// sourceChainIDs lists the chain ids the current source caches point at.
+// A file entry whose image file is gone or changed is stale: it could never
+// hit again, so it is removed rather than keeping its image alive.
 func (s *Store) sourceChainIDs() []string {
 	files, _ := filepath.Glob(filepath.Join(s.root, "sources", "*.json"))
 	var ids []string
 	for _, f := range files {
+		if strings.HasPrefix(filepath.Base(f), "file-") && s.staleFileEntry(f) {
+			os.Remove(f)
+			continue
+		}
 		b, err := os.ReadFile(f)
 		if err != nil {
 			continue
@@ -65,6 +71,15 @@ func (s *Store) sourceChainIDs() []string {
 		}
 	}
 	return ids
+}
+
+func (s *Store) staleFileEntry(path string) bool {
+	e, ok := readFileEntry(path)
+	if !ok {
+		return true
+	}
+	st, err := os.Stat(e.Path)
+	return err != nil || !sameStat(e, statEntry(e.Path, st))
 }
 
 // gcRootfs removes unkept trees and returns the layers the kept ones use;

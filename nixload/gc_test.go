@@ -2,6 +2,7 @@ package nixload
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -84,5 +85,46 @@ func TestGCWaitsForLoads(t *testing.T) {
 	share.Close()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestGCDropsStaleFileEntries: a file source entry keeps its image only
+// while the file is unchanged; once the file is gone, the entry could never
+// hit again, so GC removes it and the image with it.
+func TestGCDropsStaleFileEntries(t *testing.T) {
+	tests := []struct {
+		name   string
+		change func(t *testing.T, path string)
+		kept   bool
+	}{
+		{"unchanged", func(*testing.T, string) {}, true},
+		{"removed", func(t *testing.T, p string) {
+			if err := os.Remove(p); err != nil {
+				t.Fatal(err)
+			}
+		}, false},
+		{"rewritten", func(t *testing.T, p string) {
+			if err := os.WriteFile(p, []byte("replaced"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t)
+			path := e.writeArchive(t, "img", []fixture.Layer{busyboxLayer(t)}, fixture.ArchiveOptions{})
+			img, err := e.store.LoadFileCached(context.Background(), path, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.change(t, path)
+			if _, err := e.store.GC(nil, nil); err != nil {
+				t.Fatal(err)
+			}
+			_, err = e.store.Lookup(img.ChainID)
+			if kept := err == nil; kept != tt.kept {
+				t.Fatalf("image kept = %v, want %v (%v)", kept, tt.kept, err)
+			}
+		})
 	}
 }
