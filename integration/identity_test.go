@@ -21,10 +21,10 @@ func TestCallerIdentity(t *testing.T) {
 					pre = []string{"--no-keep-warm"}
 				}
 				r := u.sandbox(t, wd, runOpts{}, append(pre, "sh", "-c",
-					`id -u; id -g; whoami; grep CapEff /proc/self/status; echo hi > "$HOME/h" && cat "$HOME/h"; touch owned; ls -ln owned`)...)
+					`id -u; id -g; whoami; grep CapEff /proc/self/status; echo hi > "$HOME/h" && cat "$HOME/h"; touch owned; ls -ln owned; stat -c %U "$HOME"`)...)
 				wantOK(t, r)
 				lines := strings.Split(r.stdout, "\n")
-				if len(lines) < 6 {
+				if len(lines) < 7 {
 					t.Fatalf("short output: %v", r)
 				}
 				if lines[0] != strconv.Itoa(u.uid) || lines[1] != strconv.Itoa(u.gid) {
@@ -48,6 +48,9 @@ func TestCallerIdentity(t *testing.T) {
 				}
 				if f := strings.Fields(lines[5]); len(f) < 4 || f[2] != strconv.Itoa(u.uid) {
 					t.Errorf("inside, the file is not the caller's: %q", lines[5])
+				}
+				if lines[6] != u.loginName() {
+					t.Errorf("$HOME's owner shows as %q inside, want %q", lines[6], u.loginName())
 				}
 			})
 		}
@@ -75,11 +78,21 @@ func TestUserRoot(t *testing.T) {
 func TestUserByID(t *testing.T) {
 	forEachUser(t, func(t *testing.T, u *testUser) {
 		wd := u.workdir(t)
-		r := u.sandbox(t, wd, runOpts{}, "--user", "4242:4343", "sh", "-c", "id -u; id -g")
-		wantOK(t, r)
-		if r.stdout != "4242\n4343\n" {
-			t.Fatalf("--user 4242:4343: %v", r)
+		tests := []struct {
+			user, want string
+		}{
+			{"4242:4343", "4242\n4343\n"},
+			{"nobody", "65534\n65534\n"}, // from the image's passwd, merged
+			{"root", "0\n0\n"},
 		}
+		for _, tt := range tests {
+			r := u.sandbox(t, wd, runOpts{}, "--user", tt.user, "sh", "-c", "id -u; id -g")
+			wantOK(t, r)
+			if r.stdout != tt.want {
+				t.Errorf("--user %s: %v", tt.user, r)
+			}
+		}
+		wantSandboxError(t, u.sandbox(t, wd, runOpts{}, "--user", "no-such-user", "true"), "no-such-user")
 	})
 }
 
