@@ -23,7 +23,7 @@
       # NAR hash of `go mod vendor`. Print it with scripts/vendor-hash.sh,
       # update it with scripts/vendor-hash.sh --write; a test fails when it
       # is stale.
-      vendorHash = "sha256-DDhtt4wLlK4FWRJyAtZrGOk233PmsfwhdE4kt7GDKXE=";
+      vendorHash = "sha256-4TsYV/hewx1fE6heBhnxBbVTzIBCSi8oBHKUcKlEorA=";
 
       # What every image contains.
       basePackages = pkgs: with pkgs; [

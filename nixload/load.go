@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/schollz/progressbar/v3"
 	"hash"
 	"io"
 	"os"
@@ -74,9 +75,14 @@ func (l *load) releaseLocks() {
 }
 
 func (l *load) say(format string, args ...any) {
-	if l.progress != nil {
-		fmt.Fprintf(l.progress, format+"\n", args...)
+	if l.progress == nil {
+		return
 	}
+	if terminal(l.progress) {
+		// Start from a clean line: a progress bar may be drawn there.
+		fmt.Fprint(l.progress, "\r\x1b[K")
+	}
+	fmt.Fprintf(l.progress, format+"\n", args...)
 }
 
 // LoadFile loads an image file of any supported format, sniffed by content:
@@ -123,11 +129,19 @@ func (l *load) read(ctx context.Context, file string, st os.FileInfo) (*plan, er
 		return nil, fmt.Errorf("cannot read the image: %w", err)
 	}
 	defer f.Close()
-	br := bufio.NewReaderSize(f, 1<<20)
-	head, _ := br.Peek(4)
-	if st.Mode()&0o111 != 0 && st.Mode().IsRegular() && isExecutable(head) {
+	head := make([]byte, 4)
+	n, _ := f.ReadAt(head, 0)
+	if st.Mode()&0o111 != 0 && st.Mode().IsRegular() && isExecutable(head[:n]) {
 		return l.runStream(ctx, file)
 	}
+	var in io.Reader = f
+	if terminal(l.progress) {
+		bar := newByteBar(l.progress, st.Size(), "unpacking "+filepath.Base(file))
+		defer bar.Finish()
+		counted := progressbar.NewReader(f, bar)
+		in = &counted
+	}
+	br := bufio.NewReaderSize(in, 1<<20)
 	if err := l.readArchive(ctx, br); err != nil {
 		return nil, err
 	}

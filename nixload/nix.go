@@ -21,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/schollz/progressbar/v3"
 	"golang.org/x/sys/unix"
 )
 
@@ -729,35 +730,36 @@ func startProgress(src FlakeSource, lw *lastLine) (stop func()) {
 		fmt.Fprintf(w, "lectic-nix-sandbox: building image from %s…\n", src.Ref)
 		return func() {}
 	}
+	base := "building image from " + src.Ref
+	bar := newSpinner(w, base)
 	done := make(chan struct{})
 	finished := make(chan struct{})
 	go func() {
 		defer close(finished)
-		spin(w, src.Ref, lw, done)
+		follow(bar, base, lw, done)
 	}()
 	return func() {
 		close(done)
 		<-finished
+		bar.Finish()
 	}
 }
 
-func spin(w io.Writer, ref string, lw *lastLine, done <-chan struct{}) {
-	frames := []string{"⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"}
-	start := time.Now()
-	tick := time.NewTicker(100 * time.Millisecond)
+// follow keeps the spinner's text on nix's latest line until done.
+func follow(bar *progressbar.ProgressBar, base string, lw *lastLine, done <-chan struct{}) {
+	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
-	for i := 0; ; i++ {
-		status := fmt.Sprintf("%s building image from %s (%ds)", frames[i%len(frames)], ref, int(time.Since(start).Seconds()))
+	for {
+		desc := base
 		if l := lw.String(); l != "" {
-			status += " " + l
+			desc += ": " + l
 		}
-		if r := []rune(status); len(r) > 100 {
-			status = string(r[:100])
+		if r := []rune(desc); len(r) > 80 {
+			desc = string(r[:80]) + "…"
 		}
-		fmt.Fprintf(w, "\r\x1b[K%s", status)
+		bar.Describe(desc)
 		select {
 		case <-done:
-			fmt.Fprint(w, "\r\x1b[K")
 			return
 		case <-tick.C:
 		}
