@@ -60,12 +60,13 @@ type agent struct {
 	ttl      time.Duration
 	running  int
 	idleFrom time.Time
-	changed  chan struct{} // kicked when running or ttl change
+	inflight int // accepted connections whose request is not read yet
 
 	helpersMu sync.Mutex
 	helpers   map[helperKey]*helper
 	isHelper  bool
 	onStart   func(id int64, pid int) // a helper tells its agent which group to kill if it dies
+	agentGone func() bool             // a helper's check that its agent still lives
 }
 
 func newAgentFromEnv() (*agent, error) {
@@ -115,7 +116,6 @@ func newAgent(build string, ttl time.Duration, oneShot bool) *agent {
 		done:     make(chan int, 1),
 		ttl:      ttl,
 		idleFrom: now,
-		changed:  make(chan struct{}, 1),
 		helpers:  make(map[helperKey]*helper),
 	}
 }
@@ -124,7 +124,6 @@ func newAgent(build string, ttl time.Duration, oneShot bool) *agent {
 func (a *agent) serve() int {
 	go a.reaper.run()
 	go a.acceptLoop()
-	go a.watchTTL()
 	code := <-a.done
 	a.reaper.killAll()
 	return code
@@ -137,10 +136,30 @@ func (a *agent) finish(code int) {
 	}
 }
 
+// acceptLoop accepts connections and decides the TTL in one goroutine, so
+// a connection is either accepted and served, or never accepted when the
+// agent exits; its client then gets ECONNRESET and safely starts a fresh
+// agent. A connection is counted as in flight from the moment it is
+// accepted.
 func (a *agent) acceptLoop() {
+	fds := []unix.PollFd{{Fd: int32(a.lfd), Events: unix.POLLIN}}
 	for {
+		timeout := a.pollTimeout()
+		if timeout == 0 {
+			a.finish(0)
+			return
+		}
+		n, err := unix.Poll(fds, timeout)
+		if err == unix.EINTR || (err == nil && n == 0) {
+			continue
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "lectic-nix-sandbox agent: poll:", err)
+			a.finish(125)
+			return
+		}
 		fd, _, err := unix.Accept4(a.lfd, unix.SOCK_CLOEXEC)
-		if err == unix.EINTR || err == unix.ECONNABORTED {
+		if err == unix.EINTR || err == unix.ECONNABORTED || err == unix.EAGAIN {
 			continue
 		}
 		if err != nil {
@@ -148,48 +167,47 @@ func (a *agent) acceptLoop() {
 			a.finish(125)
 			return
 		}
+		a.mu.Lock()
+		a.inflight++
+		a.mu.Unlock()
 		go a.handle(conn{fd: fd})
 		if a.oneShot {
 			// Nobody else may join a one-shot container.
+			_ = unix.Close(a.lfd)
 			return
 		}
 	}
 }
 
-// kick tells watchTTL that the idle state changed.
-func (a *agent) kick() {
-	select {
-	case a.changed <- struct{}{}:
-	default:
+// pollTimeout is how long acceptLoop may wait for a connection (ms; -1
+// forever, 0 = the TTL expired). While anything runs the loop looks again
+// every second, since the end of a request re-arms the TTL.
+func (a *agent) pollTimeout() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	busy := a.running > 0 || a.inflight > 0
+	switch {
+	case busy:
+		return 1000
+	case a.ttl == 0:
+		return -1
 	}
+	left := time.Until(a.idleFrom.Add(a.ttl))
+	if left <= 0 {
+		return 0
+	}
+	return int(left/time.Millisecond) + 1
 }
 
-// watchTTL ends the agent after ttl with no request running.
-func (a *agent) watchTTL() {
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
-	for {
-		a.mu.Lock()
-		armed := a.running == 0 && a.ttl > 0
-		wait := time.Until(a.idleFrom.Add(a.ttl))
-		a.mu.Unlock()
-		if !armed {
-			<-a.changed
-			continue
-		}
-		if wait <= 0 {
-			a.finish(0)
-			return
-		}
-		timer.Reset(wait)
-		select {
-		case <-timer.C:
-		case <-a.changed:
-			if !timer.Stop() {
-				<-timer.C
-			}
-		}
+// classified ends a connection's in-flight state once its request type is
+// known; a run request then counts as running.
+func (a *agent) classified(run bool) {
+	a.mu.Lock()
+	a.inflight--
+	if run {
+		a.running++
 	}
+	a.mu.Unlock()
 }
 
 // begin counts a running request; end uncounts it.
@@ -197,7 +215,6 @@ func (a *agent) begin() {
 	a.mu.Lock()
 	a.running++
 	a.mu.Unlock()
-	a.kick()
 }
 
 func (a *agent) end() {
@@ -207,14 +224,12 @@ func (a *agent) end() {
 		a.idleFrom = time.Now()
 	}
 	a.mu.Unlock()
-	a.kick()
 }
 
 func (a *agent) setTTL(seconds int64) {
 	a.mu.Lock()
 	a.ttl = time.Duration(seconds) * time.Second
 	a.mu.Unlock()
-	a.kick()
 }
 
 func (a *agent) status() *agentStatus {
@@ -232,11 +247,12 @@ func (a *agent) handle(c conn) {
 	defer c.close()
 	m, fds, err := c.recv()
 	if err != nil {
+		a.classified(false)
 		return
 	}
+	a.classified(m.Type == msgRun)
 	switch m.Type {
 	case msgRun:
-		a.begin()
 		a.handleRun(c, m, fds)
 		if a.oneShot {
 			a.finish(0)
@@ -284,7 +300,12 @@ func (a *agent) handleRun(c conn, m *message, fds []int) {
 	go a.relay(c, p, relayDone)
 	st := <-p.exited
 	a.end()
-	_ = c.send(&message{Type: msgExit, Code: st.code, Signal: st.signal})
+	// A command killed because the container is going down must not look
+	// like a command that died of SIGKILL on its own: the client reports
+	// the sandbox failure instead.
+	if a.agentGone == nil || !a.agentGone() {
+		_ = c.send(&message{Type: msgExit, Code: st.code, Signal: st.signal})
+	}
 	c.shutdown()
 	<-relayDone
 }

@@ -240,9 +240,10 @@ func TestClientKilledKillsGroup(t *testing.T) {
 			if err := cmd.Process.Kill(); err != nil {
 				t.Fatal(err)
 			}
+			// kill(pid, 0) fails only once the process is dead and reaped.
 			deadline := time.Now().Add(time.Second)
 			for _, p := range pids {
-				for procAlive(p) && time.Now().Before(deadline) {
+				for syscall.Kill(p, 0) == nil && time.Now().Before(deadline) {
 					time.Sleep(5 * time.Millisecond)
 				}
 				if err := syscall.Kill(p, 0); err == nil {
@@ -504,8 +505,6 @@ func TestSocketPathTooLong(t *testing.T) {
 		t.Fatalf("err = %v, want one naming LECTIC_TEMP", err)
 	}
 }
-
-var _ = context.Background
 
 // A command sees its three stdio fds and nothing of the agent's.
 func TestNoFDLeaks(t *testing.T) {

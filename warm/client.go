@@ -183,8 +183,15 @@ func call(c conn, s Spec, r Request) (int, error) {
 	}
 	reply, fds2, err := c.recv()
 	closeAll(fds2)
-	if err != nil {
+	switch {
+	case errors.Is(err, unix.ECONNRESET):
+		// The agent never read the request (it exited with the request
+		// still queued): nothing ran, so a fresh agent may take it.
 		return exitSandbox, errAgentGone
+	case err != nil:
+		// The agent read the request and went away: the command may have
+		// started, so it must not be run a second time.
+		return exitSandbox, agentDied(err)
 	}
 	switch {
 	case reply.Type == msgError && reply.Reason == reasonMismatch:
@@ -231,9 +238,16 @@ type exitResult struct {
 	err error
 }
 
+func agentDied(err error) error {
+	if errors.Is(err, io.EOF) {
+		err = errors.New("connection closed before the exit status arrived")
+	}
+	return fmt.Errorf("sandbox agent died during the call (%v); run again, the next call starts a fresh container", err)
+}
+
 func (e exitResult) code(timedOut bool) (int, error) {
 	if e.err != nil {
-		return exitSandbox, fmt.Errorf("sandbox agent died during the call (%v); run again, the next call starts a fresh container", e.err)
+		return exitSandbox, agentDied(e.err)
 	}
 	if timedOut {
 		return exitTimeout, nil
@@ -249,10 +263,6 @@ func readExit(c conn, out chan<- exitResult) {
 	for {
 		m, fds, err := c.recv()
 		closeAll(fds)
-		if errors.Is(err, io.EOF) {
-			out <- exitResult{err: errors.New("connection closed before the exit status arrived")}
-			return
-		}
 		if err != nil {
 			out <- exitResult{err: err}
 			return

@@ -225,7 +225,8 @@ func TestContainerEndToEnd(t *testing.T) {
 					t.Fatal(err)
 				}
 				if line, _ := bufio.NewReader(stdout).ReadString('\n'); line != "ready\n" {
-					t.Fatalf("read %q", line)
+					_ = cmd.Wait()
+					t.Fatalf("read %q, client stderr %q", line, serr.String())
 				}
 				m, err := readMeta(warmDir(w.temp, w.spec.Key))
 				if err != nil {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -37,8 +38,9 @@ type helperKey struct{ uid, gid uint32 }
 
 // helper is the agent's side of one identity helper.
 type helper struct {
-	c   conn
-	pid int
+	c      conn
+	pid    int
+	userns uint64 // inode of the helper's user namespace
 
 	sendMu sync.Mutex // one message at a time on the socketpair
 
@@ -99,7 +101,6 @@ func (a *agent) startHelper(key helperKey) (*helper, error) {
 		dir:  "/",
 		sys: &syscall.SysProcAttr{
 			Setpgid:     true,
-			Pdeathsig:   syscall.SIGKILL,
 			Cloneflags:  syscall.CLONE_NEWUSER,
 			UidMappings: []syscall.SysProcIDMap{{ContainerID: int(key.uid), HostID: os.Getuid(), Size: 1}},
 			GidMappings: []syscall.SysProcIDMap{{ContainerID: int(key.gid), HostID: os.Getgid(), Size: 1}},
@@ -117,7 +118,38 @@ func (a *agent) startHelper(key helperKey) (*helper, error) {
 		_ = unix.Kill(pid, unix.SIGKILL)
 		return nil, err
 	}
-	return &helper{c: c, pid: pid, pending: make(map[int64]chan struct{}), groups: make(map[int64]int)}, nil
+	ns, _ := usernsOf(pid)
+	return &helper{c: c, pid: pid, userns: ns, pending: make(map[int64]chan struct{}), groups: make(map[int64]int)}, nil
+}
+
+// usernsOf returns the inode of pid's user namespace.
+func usernsOf(pid int) (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/"+strconv.Itoa(pid)+"/ns/user", &st); err != nil {
+		return 0, err
+	}
+	return st.Ino, nil
+}
+
+// killUserns ends every process in the user namespace ns: what a dead
+// helper started, including commands it had not yet reported.
+func killUserns(ns uint64) {
+	if ns == 0 {
+		return
+	}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if got, err := usernsOf(pid); err == nil && got == ns {
+			_ = unix.Kill(pid, unix.SIGKILL)
+		}
+	}
 }
 
 // awaitHelper waits for a new helper's ready message.
@@ -211,10 +243,12 @@ func (h *helper) readLoop(forget func()) {
 	h.mu.Lock()
 	h.dead = true
 	// Commands of a dead helper have nobody to report their exit: end them,
-	// as if their clients had gone.
+	// as if their clients had gone. A command started just before the
+	// helper died may not be in groups yet; its user namespace gives it away.
 	for _, pgid := range h.groups {
 		_ = unix.Kill(-pgid, unix.SIGKILL)
 	}
+	killUserns(h.userns)
 	for id, done := range h.pending {
 		close(done)
 		delete(h.pending, id)
@@ -246,6 +280,11 @@ func runHelper() int {
 	}
 	go a.reaper.run()
 	var sendMu sync.Mutex
+	a.agentGone = func() bool {
+		fds := []unix.PollFd{{Fd: int32(parent.fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, 0)
+		return err == nil && n > 0 && fds[0].Revents&(unix.POLLHUP|unix.POLLERR) != 0
+	}
 	a.onStart = func(id int64, pid int) {
 		sendMu.Lock()
 		_ = parent.send(&message{Type: msgStarted, ID: id, Pid: pid})

@@ -144,7 +144,7 @@ func startTestAgent(t *testing.T, o agentOpts) *testAgent {
 	p, err := os.StartProcess(exe, []string{"agent"}, &os.ProcAttr{
 		Env:   env,
 		Files: []*os.File{nil, os.Stderr, os.Stderr, lf},
-		Sys:   &syscall.SysProcAttr{Setpgid: true, Credential: o.cred},
+		Sys:   &syscall.SysProcAttr{Setpgid: true, Credential: o.cred, Pdeathsig: syscall.SIGKILL},
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -117,10 +117,14 @@ func (c conn) send(m *message, fds ...int) error {
 // recv reads one message and the fds that came with it (close-on-exec).
 // A closed peer gives io.EOF.
 func (c conn) recv() (*message, []int, error) {
-	buf := make([]byte, maxMessage)
-	oob := make([]byte, unix.CmsgSpace(3*4))
+	size, err := c.nextSize()
+	if err != nil {
+		return nil, nil, fmt.Errorf("receive message: %w", err)
+	}
+	// A buffer of the message's own size keeps the agent's heap small.
+	buf := make([]byte, max(1, min(size, maxMessage+1)))
+	oob := make([]byte, unix.CmsgSpace(4*4))
 	var n, oobn, flags int
-	var err error
 	for {
 		n, oobn, flags, _, err = unix.Recvmsg(c.fd, buf, oob, unix.MSG_CMSG_CLOEXEC)
 		if err != unix.EINTR {
@@ -138,7 +142,7 @@ func (c conn) recv() (*message, []int, error) {
 		closeAll(fds)
 		return nil, nil, io.EOF
 	}
-	if flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 {
+	if flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 || n > maxMessage {
 		closeAll(fds)
 		return nil, nil, errors.New("receive message: message too large")
 	}
@@ -148,6 +152,18 @@ func (c conn) recv() (*message, []int, error) {
 		return nil, nil, fmt.Errorf("decode message: %w", err)
 	}
 	return &m, fds, nil
+}
+
+// nextSize returns the length of the next message without consuming it
+// (0 at end of stream).
+func (c conn) nextSize() (int, error) {
+	var one [1]byte
+	for {
+		n, _, _, _, err := unix.Recvmsg(c.fd, one[:], nil, unix.MSG_PEEK|unix.MSG_TRUNC)
+		if err != unix.EINTR {
+			return n, err
+		}
+	}
 }
 
 // shutdown wakes a goroutine blocked in recv on this connection.

@@ -1,7 +1,6 @@
 package warm
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -315,5 +314,3 @@ func TestListStopPrune(t *testing.T) {
 		t.Fatalf("List after Stop = %+v", infos)
 	}
 }
-
-var _ = context.Background

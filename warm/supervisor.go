@@ -398,7 +398,10 @@ type containerAgent struct{ c *namespace.Container }
 
 func startContainer(dir string, s Spec, lf, logf *os.File) (*containerAgent, error) {
 	o := s.Create
-	o.ID = s.Key
+	// As root, libcontainer names the container's cgroup after its ID; a
+	// random suffix keeps two warm dirs with the same key (other temp
+	// roots, a container still being destroyed) from sharing one.
+	o.ID = s.Key + "-" + randomHex(4)
 	o.StateDir = filepath.Join(dir, "state")
 	o.UpperDir = filepath.Join(dir, "upper")
 	o.WorkDir = filepath.Join(dir, "work")
