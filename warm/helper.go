@@ -54,7 +54,9 @@ type helper struct {
 // helperFor returns the helper that runs commands as user, starting it if
 // needed, or nil when the command should be started directly.
 func (a *agent) helperFor(u *UserSpec) *helper {
-	if a.isHelper || u == nil {
+	// A one-shot agent runs one command: starting a helper would cost more
+	// than the single nested namespace it saves.
+	if a.isHelper || a.oneShot || u == nil {
 		return nil
 	}
 	uid, gid, nested, cerr := target(*u)

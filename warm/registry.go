@@ -228,7 +228,9 @@ func waitGone(dir string, timeout time.Duration) bool {
 		if time.Now().After(deadline) {
 			return false
 		}
-		time.Sleep(5 * time.Millisecond)
+		// Cleanup usually takes a few ms; a short poll keeps one-shot
+		// calls from paying much more than that.
+		time.Sleep(time.Millisecond)
 	}
 	return true
 }
