@@ -60,7 +60,8 @@
 // made once per identity: an identity helper (the agent binary in that
 // namespace, as that uid) receives the connection and stdio of each request
 // over a socketpair and forks the command itself, which keeps fork's fast
-// path (about 1.5 ms less per call). For uid 0 (a caller who is host root)
+// path (about 1.5 ms less per call); a one-shot agent, which runs a single
+// command, forks it directly in a fresh nested namespace instead. For uid 0 (a caller who is host root)
 // the helper forks from a thread that dropped every capability, set
 // no_new_privs and locked securebits; if no helper can be started, such
 // commands go through a re-exec trampoline that does the same before execve.
