@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/testenv"
 )
 
 // world is built once per test binary: the static sandbox binary, the fixture
@@ -67,7 +69,7 @@ func runSuite(m *testing.M) (int, error) {
 		return 1, err
 	}
 	if err := w.makeImages(); err != nil {
-		if os.Getenv("CI") == "true" {
+		if testenv.InCI() {
 			return 1, err
 		}
 		w.skip = err.Error()
@@ -109,11 +111,7 @@ func (w *world) makeUsers() error {
 	if err := w.addUser("root", 0, 0); err != nil {
 		return err
 	}
-	uid, gid := 65534, 65534
-	if u, err := user.Lookup("sandboxtest"); err == nil {
-		uid, _ = strconv.Atoi(u.Uid)
-		gid, _ = strconv.Atoi(u.Gid)
-	}
+	uid, gid := testenv.Unprivileged()
 	return w.addUser("unprivileged", uid, gid)
 }
 
@@ -316,10 +314,7 @@ func requireTool(t *testing.T, name string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s is required in CI but not installed", name)
-		}
-		t.Skipf("%s not installed; install it to run this test", name)
+		testenv.Missing(t, name+" is not installed; install it to run this test")
 	}
 	return p
 }

@@ -6,16 +6,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/testenv"
 )
 
 // The test binary plays every role of the product: the test itself, the
@@ -215,11 +215,7 @@ func identities(t testing.TB) []identity {
 		return []identity{{"self", os.Getuid(), os.Getgid()}}
 	}
 	ids := []identity{{"root", 0, 0}}
-	uid, gid := 65534, 65534
-	if u, err := user.Lookup("sandboxtest"); err == nil {
-		uid, _ = strconv.Atoi(u.Uid)
-		gid, _ = strconv.Atoi(u.Gid)
-	}
+	uid, gid := testenv.Unprivileged()
 	return append(ids, identity{"unprivileged", uid, gid})
 }
 
@@ -233,10 +229,7 @@ func requireTool(t testing.TB, path string) {
 
 func missing(t testing.TB, why string) {
 	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("required by CI: %s", why)
-	}
-	t.Skip(why)
+	testenv.Missing(t, why)
 }
 
 // requireUserns skips (or fails under CI) when this kernel refuses user
@@ -274,19 +267,7 @@ func testBinary(t testing.TB) string {
 
 func copyFile(t testing.TB, src, dst string, mode os.FileMode) {
 	t.Helper()
-	in, err := os.Open(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, mode)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		t.Fatal(err)
-	}
-	if err := out.Close(); err != nil {
+	if err := testenv.CopyFile(dst, src, mode); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -7,11 +7,12 @@ import (
 	"encoding/hex"
 	"io/fs"
 	"os"
-	"os/user"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"testing"
+
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/testenv"
 
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/fixture"
 )
@@ -148,16 +149,11 @@ func chainOf(t testing.TB, layers []fixture.Layer) string {
 	return c
 }
 
-// unprivileged returns the uid/gid to drop to when the test runs as root:
-// user sandboxtest if it exists, else nobody.
+// unprivileged returns the uid/gid to drop to when the test runs as root.
 func unprivileged() (uid, gid int, ok bool) {
 	if os.Getuid() != 0 {
 		return 0, 0, false
 	}
-	if u, err := user.Lookup("sandboxtest"); err == nil {
-		uid, _ = strconv.Atoi(u.Uid)
-		gid, _ = strconv.Atoi(u.Gid)
-		return uid, gid, true
-	}
-	return 65534, 65534, true
+	uid, gid = testenv.Unprivileged()
+	return uid, gid, true
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"os/user"
@@ -15,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/testenv"
 )
 
 // The flake tests build the offline fixture in testdata/flake with the
@@ -25,7 +26,7 @@ import (
 const (
 	helperEnv = "NIXLOAD_TEST_SCENARIO" // set in the child that runs a scenario as another user
 	workEnv   = "NIXLOAD_TEST_WORK"
-	testUser  = "sandboxtest"
+	testUser  = testenv.UserName
 	// nixTestConfig keeps nix off the network: no binary cache to wait for.
 	nixTestConfig = "experimental-features = nix-command flakes\nsubstituters =\n"
 )
@@ -185,19 +186,7 @@ func prepareFixture(t *testing.T, work string, uid, gid int) {
 
 func copyFile(t *testing.T, from, to string, mode os.FileMode) {
 	t.Helper()
-	in, err := os.Open(from)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close()
-	out, err := os.OpenFile(to, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		t.Fatal(err)
-	}
-	if err := out.Close(); err != nil {
+	if err := testenv.CopyFile(to, from, mode); err != nil {
 		t.Fatal(err)
 	}
 }

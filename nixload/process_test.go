@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/testenv"
 
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/fixture"
 	"golang.org/x/sys/unix"
@@ -52,7 +53,7 @@ type procEnv struct {
 	cred            *syscall.Credential
 }
 
-func newProcEnv(t *testing.T, unprivileged bool) *procEnv {
+func newProcEnv(t *testing.T, asUser bool) *procEnv {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "nixload-proc-")
 	if err != nil {
@@ -63,14 +64,18 @@ func newProcEnv(t *testing.T, unprivileged bool) *procEnv {
 		t.Fatal(err)
 	}
 	p := &procEnv{dir: dir, bin: filepath.Join(dir, "nixload.test"), store: filepath.Join(dir, "cache")}
-	if err := copyExecutable(p.bin); err != nil {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := testenv.CopyFile(p.bin, self, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Mkdir(p.store, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if unprivileged {
-		uid, gid, ok := unprivilegedIDs()
+	if asUser {
+		uid, gid, ok := unprivileged()
 		if !ok {
 			t.Fatal("no unprivileged uid to switch to")
 		}
@@ -80,29 +85,6 @@ func newProcEnv(t *testing.T, unprivileged bool) *procEnv {
 		}
 	}
 	return p
-}
-
-func unprivilegedIDs() (int, int, bool) { return unprivileged() }
-
-func copyExecutable(dst string) error {
-	self, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	in, err := os.Open(self)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }
 
 func (p *procEnv) loader(image string) *exec.Cmd {
