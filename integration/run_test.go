@@ -237,6 +237,12 @@ func TestVolumes(t *testing.T) {
 		if r.stdout != "y\n" {
 			t.Errorf("--persist not at /persist: %v", r)
 		}
+		fresh := filepath.Join(wd, "conversations", "new")
+		r = u.sandbox(t, wd, runOpts{}, "--persist", fresh, "sh", "-c", "echo kept > /persist/note")
+		wantOK(t, r)
+		if b, _ := os.ReadFile(filepath.Join(fresh, "note")); string(b) != "kept\n" {
+			t.Errorf("a new --persist dir was not created and bound: %v", r)
+		}
 		bad := []struct{ spec, want string }{
 			{"/no/such/dir/xyz", "/no/such/dir/xyz"},
 			{ro + ":relative", "relative"},

@@ -202,7 +202,7 @@ Sandbox:
                                as the working directory (default: $PWD)
   -v, --volume HOST[:TARGET][:ro]
                                bind HOST at TARGET (default: the same path)
-  -p, --persist DIR            same as --volume DIR:/persist
+  -p, --persist DIR            bind DIR at /persist (created if missing)
       --home DIR               host directory used as $HOME (default: one per workdir
                                under the cache)
       --allow-net              share the host's network (default: loopback only)

@@ -74,6 +74,11 @@ func resolveWorkdir(flag string) (string, error) {
 func resolveVolumes(o options) ([]oci.Volume, error) {
 	specs := append([]string(nil), o.volumes...)
 	if o.persist != "" {
+		// Unlike a volume, the persist dir is the sandbox's own storage
+		// (often one per conversation), so it is created on first use.
+		if err := os.MkdirAll(o.persist, 0o700); err != nil {
+			return nil, fmt.Errorf("--persist %s: %w", o.persist, err)
+		}
 		specs = append(specs, o.persist+":/persist")
 	}
 	var vols []oci.Volume
@@ -98,7 +103,7 @@ func resolveVolumes(o options) ([]oci.Volume, error) {
 		if err != nil {
 			return nil, fmt.Errorf("volume %q: %w", s, err)
 		}
-		if rest == "" || strings.HasPrefix(rest, "ro") || strings.HasPrefix(rest, "rw") {
+		if rest == "" || rest == "ro" || rest == "rw" {
 			// TARGET defaulted: bind at the path the caller typed, made absolute.
 			v.Target = abs
 		}
