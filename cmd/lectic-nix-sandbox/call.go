@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/namespace"
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/nixload"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/oci"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/warm"
 )
@@ -42,7 +44,7 @@ func runInSandbox(ctx context.Context, c sandboxCall) (int, error) {
 		Workdir: c.workdir,
 		Notice:  c.image.notice,
 		Users: []oci.User{{Name: c.caller.name, UID: uint32(c.caller.uid), GID: uint32(c.caller.gid),
-			Home: target, Shell: "/bin/sh"}},
+			Home: target, Shell: imageShell(c.image.img)}},
 		Groups: []oci.Group{{Name: c.caller.name, GID: uint32(c.caller.gid)}},
 		Create: namespace.CreateOptions{Config: oci.Config{
 			Image: oci.Image{Rootfs: c.image.img.Rootfs, Config: c.image.img.Config,
@@ -89,6 +91,22 @@ func warmKeyParts(c sandboxCall, buildID, homeTarget string) []string {
 		parts = append(parts, fmt.Sprintf("vol=%s:%s:%t", v.Source, v.Target, v.ReadOnly))
 	}
 	return parts
+}
+
+// imageShell is the login shell the caller's passwd entry names: bash when
+// the image has it (Nix images do), else sh. The host image's /bin is the
+// host's own, bound in at run time, so it is looked up on the host.
+func imageShell(img *nixload.Image) string {
+	root := img.Rootfs
+	if len(img.HostBinds) > 0 {
+		root = "/"
+	}
+	for _, sh := range []string{"/bin/bash", "/usr/bin/bash"} {
+		if _, err := os.Lstat(filepath.Join(root, sh)); err == nil {
+			return sh
+		}
+	}
+	return "/bin/sh"
 }
 
 // parseUser maps --user to the agent's user modes.
