@@ -1,10 +1,8 @@
 # The binary is bind-mounted into images that have no libc, so it must be
-# fully static; cgo stays on because runc's nsenter is C.
+# fully static; cgo stays on because runc's nsenter is C. scripts/build.sh
+# holds the recipe (musl when available) for make, tests and the harness.
 GO        ?= go
 BIN       := bin/lectic-nix-sandbox
-TAGS      := netgo osusergo
-LDFLAGS   := -s -w -extldflags -static
-GOFLAGS_BUILD := -trimpath -tags '$(TAGS)' -ldflags '$(LDFLAGS)'
 
 .PHONY: all build test bench vet clean
 
@@ -12,11 +10,11 @@ all: build
 
 build: $(BIN)
 
-$(BIN): $(shell find . -name '*.go' -not -path './bin/*') go.mod go.sum flake.nix lectic.yaml packages.example.nix
-	CGO_ENABLED=1 $(GO) build $(GOFLAGS_BUILD) -o $@ ./cmd/lectic-nix-sandbox
+$(BIN): $(shell find . -name '*.go' -not -path './bin/*') go.mod go.sum flake.nix lectic.yaml packages.example.nix scripts/build.sh
+	scripts/build.sh $@
 
 # Every test, unit and end-to-end. Integration tests build their own binary
-# with the same flags.
+# with scripts/build.sh.
 test:
 	CGO_ENABLED=1 $(GO) test -count=1 -timeout 40m ./...
 

@@ -83,13 +83,11 @@ func runSuite(m *testing.M) (int, error) {
 	return code, nil
 }
 
-// build compiles the binary exactly as the Makefile does: static, cgo on.
+// build compiles the binary exactly as the Makefile does.
 func (w *world) build() error {
 	w.bin = filepath.Join(w.root, "bin", "lectic-nix-sandbox")
-	cmd := exec.Command("go", "build", "-trimpath", "-tags", "netgo osusergo",
-		"-ldflags", "-s -w -extldflags -static", "-o", w.bin, "./cmd/lectic-nix-sandbox")
+	cmd := exec.Command(filepath.Join(repoRoot(), "scripts", "build.sh"), w.bin)
 	cmd.Dir = repoRoot()
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("build binary: %v\n%s", err, out)
 	}

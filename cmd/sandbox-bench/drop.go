@@ -224,10 +224,9 @@ func buildSandbox(ctx context.Context, dir string) (string, error) {
 		return "", err
 	}
 	out := filepath.Join(dir, "lectic-nix-sandbox")
-	cmd := exec.CommandContext(ctx, goTool(), "build", "-trimpath", "-tags", "netgo osusergo",
-		"-ldflags", "-s -w -extldflags -static", "-o", out, "./cmd/lectic-nix-sandbox")
+	// The same recipe as make: the harness must measure what users run.
+	cmd := exec.CommandContext(ctx, filepath.Join(root, "scripts", "build.sh"), out)
 	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("build the sandbox binary: %v: %s", err, lastLine(b))
 	}
