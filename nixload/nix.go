@@ -655,7 +655,11 @@ func buildEnv(environ []string, packagesFile string) []string {
 	return out
 }
 
-var ansiEscape = regexp.MustCompile(`\x1b\[[0-9;?]*[A-Za-z]`)
+// ansiEscape is compiled on first use: only builds need it, and a
+// package-level regexp would be compiled at the start of every call.
+var ansiEscape = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`\x1b\[[0-9;?]*[A-Za-z]`)
+})
 
 // summarizeLog picks nix's "error:" lines, each with the source location
 // nix prints after it, from the build log.
@@ -670,7 +674,7 @@ func summarizeLog(logPath string, runErr error) []string {
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64*1024), 1024*1024)
 	for sc.Scan() && len(out) < summaryLines {
-		line := strings.TrimSpace(ansiEscape.ReplaceAllString(sc.Text(), ""))
+		line := strings.TrimSpace(ansiEscape().ReplaceAllString(sc.Text(), ""))
 		switch {
 		case strings.HasPrefix(line, "error:"):
 			out = append(out, line)
@@ -701,7 +705,7 @@ func (l *lastLine) Write(p []byte) (int, error) {
 	l.buf = append(l.buf, p...)
 	if i := strings.LastIndexByte(string(l.buf), '\n'); i >= 0 {
 		lines := strings.Split(strings.TrimSpace(string(l.buf[:i])), "\n")
-		if last := strings.TrimSpace(ansiEscape.ReplaceAllString(lines[len(lines)-1], "")); last != "" {
+		if last := strings.TrimSpace(ansiEscape().ReplaceAllString(lines[len(lines)-1], "")); last != "" {
 			l.line = last
 		}
 		l.buf = append(l.buf[:0], l.buf[i+1:]...)
