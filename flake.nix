@@ -23,7 +23,7 @@
       # NAR hash of `go mod vendor`. Print it with scripts/vendor-hash.sh,
       # update it with scripts/vendor-hash.sh --write; a test fails when it
       # is stale.
-      vendorHash = "sha256-4TsYV/hewx1fE6heBhnxBbVTzIBCSi8oBHKUcKlEorA=";
+      vendorHash = "sha256-zACKOFQbUPS074eoWrm1NH2zI8HqrdWBS9Frwemi8TA=";
 
       # What every image contains.
       basePackages = pkgs: with pkgs; [

@@ -9,7 +9,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/schollz/progressbar/v3"
 	"hash"
 	"io"
 	"os"
@@ -38,6 +37,7 @@ type load struct {
 	s        *Store
 	tmp      *tempDir
 	progress io.Writer
+	bar      *progress // while a bar is drawn, messages go through it
 	b        budget
 	buf      []byte
 
@@ -75,14 +75,14 @@ func (l *load) releaseLocks() {
 }
 
 func (l *load) say(format string, args ...any) {
-	if l.progress == nil {
-		return
+	w := l.progress
+	if l.bar != nil {
+		// Printed above the bar, which the bar library redraws below.
+		w = l.bar
 	}
-	if terminal(l.progress) {
-		// Start from a clean line: a progress bar may be drawn there.
-		fmt.Fprint(l.progress, "\r\x1b[K")
+	if w != nil {
+		fmt.Fprintf(w, format+"\n", args...)
 	}
-	fmt.Fprintf(l.progress, format+"\n", args...)
 }
 
 // LoadFile loads an image file of any supported format, sniffed by content:
@@ -136,10 +136,12 @@ func (l *load) read(ctx context.Context, file string, st os.FileInfo) (*plan, er
 	}
 	var in io.Reader = f
 	if terminal(l.progress) {
-		bar := newByteBar(l.progress, st.Size(), "unpacking "+filepath.Base(file))
-		defer bar.Finish()
-		counted := progressbar.NewReader(f, bar)
-		in = &counted
+		l.bar = newByteBar(l.progress, st.Size(), "unpacking "+filepath.Base(file))
+		defer func() {
+			l.bar.Finish()
+			l.bar = nil
+		}()
+		in = l.bar.Reader(f)
 	}
 	br := bufio.NewReaderSize(in, 1<<20)
 	if err := l.readArchive(ctx, br); err != nil {

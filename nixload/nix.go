@@ -21,7 +21,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/schollz/progressbar/v3"
 	"golang.org/x/sys/unix"
 )
 
@@ -750,7 +749,7 @@ func startProgress(src FlakeSource, lw *lastLine) (stop func()) {
 }
 
 // follow keeps the spinner's text on nix's latest line until done.
-func follow(bar *progressbar.ProgressBar, base string, lw *lastLine, done <-chan struct{}) {
+func follow(bar *progress, base string, lw *lastLine, done <-chan struct{}) {
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
 	for {
