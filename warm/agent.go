@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"time"
@@ -29,6 +30,9 @@ func IsAgent() bool {
 	return os.Getenv(envAgent) != "" || os.Getenv(envDropCaps) != ""
 }
 
+// agentGCPercent is the GOGC of agents and identity helpers.
+const agentGCPercent = 20
+
 // RunAgent serves requests on the listening socket at fd 3 until the TTL
 // expires, a stop message arrives, or (one-shot) the first request is done.
 // It returns the process exit status.
@@ -36,6 +40,10 @@ func RunAgent() int {
 	if os.Getenv(envDropCaps) != "" {
 		return runDropCaps()
 	}
+	// Agents and helpers live for hours and are idle between small
+	// requests: a low heap target keeps their RSS near its idle size at a
+	// cost of a few extra short collections.
+	debug.SetGCPercent(agentGCPercent)
 	if os.Getenv(envHelper) != "" {
 		return runHelper()
 	}
