@@ -3,7 +3,6 @@ package namespace
 import (
 	"bytes"
 	"context"
-	"debug/elf"
 	"errors"
 	"fmt"
 	"os"
@@ -53,19 +52,11 @@ func problem(name string, required bool, detail, fix string) Check {
 	return Check{Name: name, Detail: detail, Fix: fix, Required: required}
 }
 
-// staticBinaryCheck: the binary is bind-mounted into images without a
-// libc, so it must not need a dynamic loader.
+// staticBinaryCheck reports RequireStatic for --doctor.
 func staticBinaryCheck(path string) Check {
 	const name = "static binary"
-	f, err := elf.Open(path)
-	if err != nil {
-		return problem(name, true, fmt.Sprintf("cannot read %s: %v", path, err), "reinstall lectic-nix-sandbox from a release or `make build`")
-	}
-	defer f.Close()
-	for _, p := range f.Progs {
-		if p.Type == elf.PT_INTERP {
-			return problem(name, true, "this binary is dynamically linked and cannot run inside images without a libc", "build it with `make build` (CGO_ENABLED=1, -extldflags -static)")
-		}
+	if err := RequireStatic(path); err != nil {
+		return problem(name, true, err.Error(), "build it with `make build` (static, cgo on for runc's nsenter)")
 	}
 	return ok(name, true, "no dynamic loader needed")
 }

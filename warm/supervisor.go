@@ -121,6 +121,12 @@ func startSupervisor(ctx context.Context, dir string, s Spec) error {
 		}
 		s.Create.Config.AgentPath = p
 	}
+	if !s.Plain {
+		img := s.Create.Config.Image
+		if err := namespace.CheckAgentLoader(s.Create.Config.AgentPath, img.Rootfs, img.HostBinds); err != nil {
+			return err
+		}
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create %s: %w", dir, err)
 	}
