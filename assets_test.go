@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/testenv"
 )
 
 // needTool skips when a tool is missing, except in CI, where it must exist.
@@ -16,10 +18,7 @@ func needTool(t *testing.T, name string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s is required in CI: %v", name, err)
-		}
-		t.Skipf("%s is not installed", name)
+		testenv.Missing(t, name+" is not installed")
 	}
 	return p
 }

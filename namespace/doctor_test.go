@@ -66,7 +66,7 @@ func TestDoctor(t *testing.T) {
 func isStatic(t *testing.T, path string) bool {
 	out, err := exec.Command("file", "-L", path).Output()
 	if err != nil {
-		t.Skipf("file(1) is needed to cross-check the static binary check: %v", err)
+		missing(t, "file(1) is needed to cross-check the static binary check: "+err.Error())
 	}
 	return strings.Contains(string(out), "statically linked") || strings.Contains(string(out), "static-pie")
 }

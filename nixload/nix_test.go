@@ -48,21 +48,10 @@ func scenarios() map[string]scenario {
 }
 
 // needEnv skips (or, under CI=true, fails) when a prerequisite is missing.
-func needEnv(t *testing.T, ok bool, why string) {
-	t.Helper()
-	if ok {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("required in CI: %s", why)
-	}
-	t.Skip(why)
-}
-
 func TestFlakeScenarios(t *testing.T) {
 	_, err := exec.LookPath("nix")
-	needEnv(t, err == nil, "nix is not installed (apt-get install nix-bin)")
-	needEnv(t, isFile("/bin/busybox"), "/bin/busybox is missing (apt-get install busybox-static)")
+	need(t, err == nil, "nix is not installed (apt-get install nix-bin)")
+	need(t, isFile("/bin/busybox"), "/bin/busybox is missing (apt-get install busybox-static)")
 	for _, name := range sortedScenarioNames() {
 		t.Run(name+"/as-me", func(t *testing.T) {
 			t.Setenv("NIX_CONFIG", nixTestConfig)
@@ -105,9 +94,9 @@ func runAsTestUser(t *testing.T, name string) {
 		t.Skip("not root: the as-me variant already ran unprivileged")
 	}
 	u, err := user.Lookup(testUser)
-	needEnv(t, err == nil, "user "+testUser+" does not exist (useradd -m "+testUser+"; usermod -aG nix-users "+testUser+")")
+	need(t, err == nil, "user "+testUser+" does not exist (useradd -m "+testUser+"; usermod -aG nix-users "+testUser+")")
 	_, err = os.Stat("/nix/var/nix/daemon-socket/socket")
-	needEnv(t, err == nil, "nix-daemon is not running (start it: nix-daemon &)")
+	need(t, err == nil, "nix-daemon is not running (start it: nix-daemon &)")
 	uid, _ := strconv.Atoi(u.Uid)
 	gid, _ := strconv.Atoi(u.Gid)
 

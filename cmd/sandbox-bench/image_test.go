@@ -11,6 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/testenv"
 )
 
 // needBusybox skips without busybox-static, except in CI where its absence
@@ -18,10 +20,7 @@ import (
 func needBusybox(t *testing.T) {
 	t.Helper()
 	if _, err := findBusybox(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true but %v", err)
-		}
-		t.Skipf("needs busybox-static: %v", err)
+		testenv.Missing(t, "needs busybox-static: "+err.Error())
 	}
 }
 
