@@ -135,7 +135,7 @@ func (l *load) read(ctx context.Context, file string, st os.FileInfo) (*plan, er
 		return l.runStream(ctx, file)
 	}
 	var in io.Reader = f
-	if terminal(l.progress) {
+	if IsTerminal(l.progress) {
 		l.bar = newByteBar(l.progress, st.Size(), "unpacking "+filepath.Base(file))
 		defer func() {
 			l.bar.Finish()

@@ -73,8 +73,8 @@ func (pr *progress) Finish() {
 	pr.p.Wait()
 }
 
-// terminal reports whether w is a terminal.
-func terminal(w io.Writer) bool {
+// IsTerminal reports whether w is a terminal: progress is drawn only there.
+func IsTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
 	if !ok {
 		return false

@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"os"
 	"path/filepath"
 )
 
@@ -60,12 +59,4 @@ func resolveRoots(getenv func(string) string) (roots, error) {
 		*p = abs
 	}
 	return r, nil
-}
-
-// mkdirPrivate creates dir (and parents) readable only by its owner.
-func mkdirPrivate(dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	return nil
 }

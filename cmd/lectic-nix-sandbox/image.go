@@ -9,8 +9,6 @@ import (
 	"path/filepath"
 	"strings"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/nixload"
 )
 
@@ -89,7 +87,7 @@ func flakeSource(o options, r roots, stderr io.Writer) (nixload.FlakeSource, boo
 		ExtraArgs: strings.Fields(o.nixExtra),
 		Refresh:   o.refresh,
 		Progress:  stderr,
-		Terminal:  isTerminal(stderr),
+		Terminal:  nixload.IsTerminal(stderr),
 	}
 	if src.NixExe == "" {
 		src.NixExe = "nix"
@@ -112,19 +110,10 @@ func nixUsable(exe string) bool {
 	return err == nil
 }
 
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
-	return err == nil
-}
-
 // progressWriter passes loader progress to stderr only on a terminal, so
 // logs of non-interactive runs stay clean.
 func progressWriter(stderr io.Writer) io.Writer {
-	if isTerminal(stderr) {
+	if nixload.IsTerminal(stderr) {
 		return stderr
 	}
 	return nil

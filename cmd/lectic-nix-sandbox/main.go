@@ -15,6 +15,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/namespace"
@@ -83,14 +84,7 @@ func dispatch(args []string, stdout, stderr io.Writer) (int, error) {
 // oneLine keeps the 125 contract: whatever an error wraps, the user sees one
 // line.
 func oneLine(s string) string {
-	out := make([]rune, 0, len(s))
-	for _, c := range s {
-		if c == '\n' || c == '\r' {
-			c = ' '
-		}
-		out = append(out, c)
-	}
-	return string(out)
+	return strings.NewReplacer("\n", " ", "\r", " ").Replace(s)
 }
 
 var errNoCommand = errors.New("no command given and the image has no default command; usage: lectic-nix-sandbox [OPTIONS] COMMAND [ARGS...]")

@@ -127,7 +127,7 @@ func resolveHome(flag, workdir string, r roots) (string, error) {
 	}
 	sum := sha256.Sum256([]byte(workdir))
 	dir := filepath.Join(r.cache, "home", hex.EncodeToString(sum[:8]))
-	if err := mkdirPrivate(dir); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", fmt.Errorf("create home %s: %w", dir, err)
 	}
 	return dir, nil
