@@ -1,47 +1,83 @@
 package oci
 
-import "strings"
+import (
+	"sort"
+	"strings"
+)
 
-// isHostOnly: variables that describe the host session and mean nothing
-// (or something wrong) inside the container; all XDG_* base and session
-// dirs among them.
-func isHostOnly(name string) bool {
-	switch name {
-	case "PATH", "HOME", "USER", "LOGNAME", "SHELL", "HOSTNAME", "TMPDIR", "TMP", "TEMP",
-		"DISPLAY", "WAYLAND_DISPLAY", "DBUS_SESSION_BUS_ADDRESS",
-		"SSH_AUTH_SOCK", "SSH_AGENT_PID", "SSH_CONNECTION", "SSH_CLIENT", "SSH_TTY", "GPG_AGENT_INFO",
-		"LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT",
-		"PWD", "OLDPWD", "SHLVL", "_", "MAIL":
-		return true
+// EnvPolicy is the environment policy as data, so the fast path (C, in
+// package fastpath) applies the very rules this package does. Matching is
+// on the name upper-cased; Secret* match "_"+NAME upper-cased, so a name's
+// start counts as a word boundary: TOKEN matches like GH_TOKEN.
+type EnvPolicy struct {
+	// HostOnly describe the host session and mean nothing (or something
+	// wrong) inside the container: exact names, and prefixes (all XDG_*
+	// base and session dirs).
+	HostOnly         []string
+	HostOnlyPrefixes []string
+	// InternalPrefixes are the sandbox's and libcontainer's own hand-off
+	// variables. They are never passed, even when named: inside, they
+	// would make our binary act as an init or agent.
+	InternalPrefixes []string
+	// The words that are never innocent match anywhere in a name
+	// (PGPASSWORD, MYSECRET): dropping an innocent variable costs an
+	// --env, leaking a secret cannot be undone.
+	SecretSuffixes []string
+	SecretWords    []string
+	SecretPrefixes []string
+}
+
+// Policy returns the environment policy.
+func Policy() EnvPolicy {
+	return EnvPolicy{
+		HostOnly: []string{"PATH", "HOME", "USER", "LOGNAME", "SHELL", "HOSTNAME", "TMPDIR", "TMP", "TEMP",
+			"DISPLAY", "WAYLAND_DISPLAY", "DBUS_SESSION_BUS_ADDRESS",
+			"SSH_AUTH_SOCK", "SSH_AGENT_PID", "SSH_CONNECTION", "SSH_CLIENT", "SSH_TTY", "GPG_AGENT_INFO",
+			"LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT",
+			"PWD", "OLDPWD", "SHLVL", "_", "MAIL"},
+		HostOnlyPrefixes: []string{"XDG_"},
+		InternalPrefixes: []string{"_LIBCONTAINER_", "_LECTIC_NIX_SANDBOX_"},
+		SecretSuffixes:   []string{"_API_KEY", "_APIKEY", "_TOKEN"},
+		SecretWords:      []string{"SECRET", "PASSWORD", "PASSWD", "CREDENTIALS", "PRIVATE_KEY"},
+		SecretPrefixes:   []string{"_AWS_"},
 	}
-	return strings.HasPrefix(strings.ToUpper(name), "XDG_")
 }
 
-// isInternal: the sandbox's and libcontainer's own hand-off variables.
-// They are never passed, even when named: inside, they would make our
-// binary act as an init or agent.
-func isInternal(name string) bool {
-	up := strings.ToUpper(name)
-	return strings.HasPrefix(up, "_LIBCONTAINER_") || strings.HasPrefix(up, "_LECTIC_NIX_SANDBOX_")
+func (p EnvPolicy) isHostOnly(name string) bool {
+	for _, n := range p.HostOnly {
+		if name == n {
+			return true
+		}
+	}
+	return hasAnyPrefix(strings.ToUpper(name), p.HostOnlyPrefixes)
 }
 
-// isSecret matches on "_"+NAME upper-cased, so a name's start counts as a
-// word boundary: TOKEN matches like GH_TOKEN. The words that are never
-// innocent match anywhere in a name (PGPASSWORD, MYSECRET): dropping an
-// innocent variable costs an --env, leaking a secret cannot be undone.
-func isSecret(name string) bool {
+func (p EnvPolicy) isInternal(name string) bool {
+	return hasAnyPrefix(strings.ToUpper(name), p.InternalPrefixes)
+}
+
+func (p EnvPolicy) isSecret(name string) bool {
 	up := "_" + strings.ToUpper(name)
-	for _, suffix := range []string{"_API_KEY", "_APIKEY", "_TOKEN"} {
+	for _, suffix := range p.SecretSuffixes {
 		if strings.HasSuffix(up, suffix) {
 			return true
 		}
 	}
-	for _, word := range []string{"SECRET", "PASSWORD", "PASSWD", "CREDENTIALS", "PRIVATE_KEY"} {
+	for _, word := range p.SecretWords {
 		if strings.Contains(up, word) {
 			return true
 		}
 	}
-	return strings.HasPrefix(up, "_AWS_")
+	return hasAnyPrefix(up, p.SecretPrefixes)
+}
+
+func hasAnyPrefix(s string, prefixes []string) bool {
+	for _, p := range prefixes {
+		if strings.HasPrefix(s, p) {
+			return true
+		}
+	}
+	return false
 }
 
 // FilterEnv applies the environment policy to the caller's environ: it
@@ -54,12 +90,16 @@ func isSecret(name string) bool {
 // says, NAME=VALUE sets it (appended when the host lacks it); the last
 // value for a name wins. Output keeps environ's order.
 func FilterEnv(environ []string, named []string) []string {
+	return filterEnv(Policy(), environ, named)
+}
+
+func filterEnv(p EnvPolicy, environ []string, named []string) []string {
 	keep, set, order := parseNamed(named)
 	var out []string
 	seen := map[string]bool{}
 	for _, kv := range environ {
 		name, _, _ := strings.Cut(kv, "=")
-		if isInternal(name) {
+		if p.isInternal(name) {
 			continue
 		}
 		if v, ok := set[name]; ok {
@@ -67,12 +107,12 @@ func FilterEnv(environ []string, named []string) []string {
 			seen[name] = true
 			continue
 		}
-		if keep[name] || !Blocked(name) {
+		if keep[name] || !p.blocked(name) {
 			out = append(out, kv)
 		}
 	}
 	for _, name := range order {
-		if !seen[name] && !isInternal(name) {
+		if !seen[name] && !p.isInternal(name) {
 			out = append(out, name+"="+set[name])
 		}
 	}
@@ -101,8 +141,10 @@ func parseNamed(named []string) (keep map[string]bool, set map[string]string, or
 }
 
 // Blocked reports whether the policy drops name when it is not named.
-func Blocked(name string) bool {
-	return isHostOnly(name) || isInternal(name) || isSecret(name)
+func Blocked(name string) bool { return Policy().blocked(name) }
+
+func (p EnvPolicy) blocked(name string) bool {
+	return p.isHostOnly(name) || p.isInternal(name) || p.isSecret(name)
 }
 
 // CommandEnv builds a command's environment: the image's Env (with a
@@ -110,31 +152,79 @@ func Blocked(name string) bool {
 // then HOME, USER, LOGNAME and TMPDIR=/tmp. A PATH in filtered wins over the
 // image's: FilterEnv only lets one through when the caller named it.
 func CommandEnv(imageEnv, filtered []string, home, user string) []string {
+	r := NewEnvRecipe(imageEnv, nil, home, user)
+	return assemble(r.Pre, filtered, r.Post)
+}
+
+// EnvRecipe is what a command's environment is made of besides the
+// caller's environ: Apply(environ) is
+// CommandEnv(image, FilterEnv(environ, Named), home, user). The fast path
+// carries a recipe in its ticket and applies it, in C, to each call's own
+// environ.
+type EnvRecipe struct {
+	Pre   []string // assigned first: the image's Env, then PATH if it has none
+	Named []string // --env values, for FilterEnv
+	Post  []string // assigned last: HOME, USER, LOGNAME, TMPDIR
+}
+
+// NewEnvRecipe is the recipe for an image's Env, the --env values and the
+// command's home and user.
+func NewEnvRecipe(imageEnv, named []string, home, user string) EnvRecipe {
+	pre := append([]string(nil), imageEnv...)
+	hasPath := false
+	for _, kv := range imageEnv {
+		if name, _, _ := strings.Cut(kv, "="); name == "PATH" {
+			hasPath = true
+		}
+	}
+	if !hasPath {
+		pre = append(pre, "PATH="+DefaultPath)
+	}
+	return EnvRecipe{
+		Pre:   pre,
+		Named: append([]string(nil), named...),
+		Post:  []string{"HOME=" + home, "USER=" + user, "LOGNAME=" + user, "TMPDIR=/tmp"},
+	}
+}
+
+// Apply builds the command's environment from the caller's environ.
+func (r EnvRecipe) Apply(environ []string) []string {
+	return assemble(r.Pre, FilterEnv(environ, r.Named), r.Post)
+}
+
+// NamedSplit is the --env values as FilterEnv reads them: the names kept
+// from the host and the names set, in first-mention order with the last
+// value given.
+func (r EnvRecipe) NamedSplit() (keep []string, set [][2]string) {
+	k, values, order := parseNamed(r.Named)
+	for name := range k {
+		keep = append(keep, name)
+	}
+	sort.Strings(keep)
+	for _, name := range order {
+		set = append(set, [2]string{name, values[name]})
+	}
+	return keep, set
+}
+
+// assemble assigns pre, filtered and post in turn, keeping the order in
+// which names first appeared and the last value of each; entries without
+// a name are skipped.
+func assemble(pre, filtered, post []string) []string {
 	var names []string
 	vals := map[string]string{}
-	put := func(kv string) {
-		name, value, _ := strings.Cut(kv, "=")
-		if name == "" {
-			return
+	for _, list := range [][]string{pre, filtered, post} {
+		for _, kv := range list {
+			name, value, _ := strings.Cut(kv, "=")
+			if name == "" {
+				continue
+			}
+			if _, ok := vals[name]; !ok {
+				names = append(names, name)
+			}
+			vals[name] = value
 		}
-		if _, ok := vals[name]; !ok {
-			names = append(names, name)
-		}
-		vals[name] = value
 	}
-	for _, kv := range imageEnv {
-		put(kv)
-	}
-	if _, ok := vals["PATH"]; !ok {
-		put("PATH=" + DefaultPath)
-	}
-	for _, kv := range filtered {
-		put(kv)
-	}
-	put("HOME=" + home)
-	put("USER=" + user)
-	put("LOGNAME=" + user)
-	put("TMPDIR=/tmp")
 	out := make([]string, 0, len(names))
 	for _, n := range names {
 		out = append(out, n+"="+vals[n])
