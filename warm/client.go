@@ -2,6 +2,7 @@ package warm
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -162,8 +163,7 @@ func runWithRetry(ctx context.Context, tempRoot string, s Spec, r Request, sock 
 // call sends one run request on c and follows it to the command's exit.
 func call(c conn, s Spec, r Request) (int, error) {
 	defer c.close()
-	ttl := int64(s.TTL / time.Second)
-	m := &message{Type: msgRun, Proto: Proto, Build: s.BuildID, Argv: r.Argv, Env: r.Env, Cwd: r.Cwd, User: &r.User, TTLSeconds: &ttl}
+	m := runMessage(s, r)
 	stdio := [3]*os.File{orDefault(r.Stdin, os.Stdin), orDefault(r.Stdout, os.Stdout), orDefault(r.Stderr, os.Stderr)}
 	fds, err := rawFDs(stdio)
 	if err != nil {
@@ -205,6 +205,36 @@ func call(c conn, s Spec, r Request) (int, error) {
 		return exitSandbox, fmt.Errorf("sandbox agent answered %q to a run request", reply.Type)
 	}
 	return follow(c, sigs, r.Timeout)
+}
+
+// runMessage is the run request for r; r.User is already resolved.
+func runMessage(s Spec, r Request) *message {
+	ttl := int64(s.TTL / time.Second)
+	return &message{Type: msgRun, Proto: Proto, Build: s.BuildID, Argv: r.Argv, Env: r.Env, Cwd: r.Cwd, User: &r.User, TTLSeconds: &ttl}
+}
+
+// FastRequest is what a fast-path ticket for s and r holds: the agent's
+// socket and the run message exactly as Run would send it, without env and
+// argv (the fast path appends, for each call, its environment and command
+// words).
+func FastRequest(tempRoot string, s Spec, r Request) (sock string, msg []byte, err error) {
+	if s.OneShot {
+		return "", nil, errors.New("a one-shot call has no fast path")
+	}
+	if err := s.fill(); err != nil {
+		return "", nil, err
+	}
+	sock = socketPath(tempRoot, s.Key)
+	if err := checkSocketPath(sock); err != nil {
+		return "", nil, err
+	}
+	r.User = imageUser(r.User, s)
+	r.Argv, r.Env = nil, nil
+	msg, err = json.Marshal(runMessage(s, r))
+	if err != nil {
+		return "", nil, fmt.Errorf("encode the run request: %w", err)
+	}
+	return sock, msg, nil
 }
 
 // follow forwards signals and the timeout to the running command and waits
