@@ -62,13 +62,16 @@ func runInSandbox(ctx context.Context, c sandboxCall) (int, error) {
 	// resolves it then (a read-only copy in the cache), keeping the warm
 	// path free of file copies.
 	spec.CacheRoot = c.roots.cache
-	env := oci.CommandEnv(c.image.img.Config.Env, oci.FilterEnv(os.Environ(), c.opts.env), target, userName(userSpec, c.caller))
+	recipe := oci.NewEnvRecipe(c.image.img.Config.Env, c.opts.env, target, userName(userSpec, c.caller))
 	req := warm.Request{
 		Argv:    c.argv,
-		Env:     env,
+		Env:     recipe.Apply(os.Environ()),
 		Cwd:     c.workdir,
 		User:    userSpec,
 		Timeout: time.Duration(c.opts.timeout * float64(time.Second)),
+	}
+	if c.fast != nil {
+		c.fast.write(c, spec, req, recipe)
 	}
 	return warm.Run(ctx, c.roots.temp, spec, req)
 }

@@ -33,6 +33,11 @@ type options struct {
 	jsonOutput bool
 
 	command []string
+	// optWords is how many words before the command were options (a
+	// final "--" included), terminated whether "--" ended them: the
+	// split a fast-path ticket is named by.
+	optWords   int
+	terminated bool
 }
 
 // usageError is a command-line mistake: exit 125 with one line.
@@ -150,10 +155,12 @@ func parseArgs(args []string) (options, error) {
 		arg := args[i]
 		if arg == "--" {
 			o.command = args[i+1:]
+			o.optWords, o.terminated = i+1, true
 			break
 		}
 		if !strings.HasPrefix(arg, "-") || arg == "-" {
 			o.command = args[i:]
+			o.optWords = i
 			break
 		}
 		name, value, hasValue := strings.Cut(arg, "=")

@@ -16,9 +16,9 @@ func TestParseArgs(t *testing.T) {
 		{name: "command only", args: []string{"ls", "-la"},
 			want: func(o *options) { o.command = []string{"ls", "-la"} }},
 		{name: "options end at first word", args: []string{"--allow-net", "ls", "--allow-net"},
-			want: func(o *options) { o.allowNet = true; o.command = []string{"ls", "--allow-net"} }},
+			want: func(o *options) { o.allowNet = true; o.command = []string{"ls", "--allow-net"}; o.optWords = 1 }},
 		{name: "double dash", args: []string{"--", "--help"},
-			want: func(o *options) { o.command = []string{"--help"} }},
+			want: func(o *options) { o.command = []string{"--help"}; o.optWords, o.terminated = 1, true }},
 		{name: "init is a command", args: []string{"init"},
 			want: func(o *options) { o.command = []string{"init"} }},
 		{name: "values both forms", args: []string{"-d", "/w", "--home=/h", "-v", "/a:/b:ro", "--volume=/c", "true"},
@@ -26,15 +26,17 @@ func TestParseArgs(t *testing.T) {
 				o.workdir, o.home = "/w", "/h"
 				o.volumes = []string{"/a:/b:ro", "/c"}
 				o.command = []string{"true"}
+				o.optWords = 6
 			}},
 		{name: "ttl and no keep warm", args: []string{"--warm-ttl-seconds", "0", "--no-keep-warm", "true"},
-			want: func(o *options) { o.warmTTL = 0; o.keepWarm = false; o.command = []string{"true"} }},
+			want: func(o *options) { o.warmTTL = 0; o.keepWarm = false; o.command = []string{"true"}; o.optWords = 3 }},
 		{name: "env repeatable", args: []string{"--env", "A", "--env=B=c d", "env"},
-			want: func(o *options) { o.env = []string{"A", "B=c d"}; o.command = []string{"env"} }},
+			want: func(o *options) { o.env = []string{"A", "B=c d"}; o.command = []string{"env"}; o.optWords = 3 }},
 		{name: "podman flags warn", args: []string{"--podman-exe", "/usr/bin/podman", "--podman-extra=--foo", "true"},
 			want: func(o *options) {
 				o.warnings = []string{"--podman-exe is ignored: this sandbox does not use podman", "--podman-extra is ignored: this sandbox does not use podman"}
 				o.command = []string{"true"}
+				o.optWords = 3
 			}},
 		{name: "install with dir", args: []string{"--install", "/tmp/x"},
 			want: func(o *options) { o.action, o.actionArg = "install", "/tmp/x" }},
@@ -44,8 +46,14 @@ func TestParseArgs(t *testing.T) {
 			want: func(o *options) { o.action = "list"; o.jsonOutput = true }},
 		{name: "stop all", args: []string{"--stop", "all"},
 			want: func(o *options) { o.action, o.actionArg = "stop", "all" }},
+		{name: "a value that is -- is a value", args: []string{"-e", "--", "--", "-x"},
+			want: func(o *options) {
+				o.env = []string{"--"}
+				o.command = []string{"-x"}
+				o.optWords, o.terminated = 3, true
+			}},
 		{name: "timeout", args: []string{"--timeout", "1.5", "sleep", "9"},
-			want: func(o *options) { o.timeout = 1.5; o.command = []string{"sleep", "9"} }},
+			want: func(o *options) { o.timeout = 1.5; o.command = []string{"sleep", "9"}; o.optWords = 2 }},
 		{name: "unknown option", args: []string{"--frobnicate", "ls"}, wantErr: "unknown option --frobnicate (see --help)"},
 		{name: "missing value", args: []string{"--image"}, wantErr: "--image needs a value (see --help)"},
 		{name: "bad ttl", args: []string{"--warm-ttl-seconds", "-3", "true"}, wantErr: `--warm-ttl-seconds "-3": want a whole number of seconds, 0 for no expiry (see --help)`},

@@ -78,7 +78,7 @@ func dispatch(args []string, stdout, stderr io.Writer) (int, error) {
 	}
 	// The client forwards signals itself; the context above is only for the
 	// management paths and image loading.
-	return runCommand(ctx, o, r, stderr)
+	return runCommand(ctx, args, o, r, stderr)
 }
 
 // oneLine keeps the 125 contract: whatever an error wraps, the user sees one

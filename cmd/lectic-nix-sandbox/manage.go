@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/fastpath"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/namespace"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/nixload"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/plugin"
@@ -19,6 +20,12 @@ import (
 
 // manage runs the management flags. None of them starts a container.
 func manage(ctx context.Context, o options, r roots, stdout, stderr io.Writer) error {
+	switch o.action {
+	case "stop", "prune", "gc":
+		// Tickets of containers that are gone would only cost a failed
+		// connect, but nothing else removes them.
+		defer pruneTickets()
+	}
 	switch o.action {
 	case "doctor":
 		return doctor(ctx, r, stdout)
@@ -40,6 +47,12 @@ func manage(ctx context.Context, o options, r roots, stdout, stderr io.Writer) e
 		return load(ctx, o.actionArg, r, stdout, stderr)
 	}
 	return fmt.Errorf("internal: unhandled action %q", o.action)
+}
+
+func pruneTickets() {
+	if dir, ok := fastpath.Dir(os.Getenv); ok {
+		_, _ = fastpath.Prune(dir)
+	}
 }
 
 func load(ctx context.Context, path string, r roots, stdout, stderr io.Writer) error {

@@ -155,7 +155,8 @@ func commandArgv(o options, img *nixload.Image) ([]string, error) {
 	return argv, nil
 }
 
-func runCommand(ctx context.Context, o options, r roots, stderr io.Writer) (int, error) {
+func runCommand(ctx context.Context, args []string, o options, r roots, stderr io.Writer) (int, error) {
+	fast := fastCallFor(args, o, r, stderr)
 	workdir, err := resolveWorkdir(o.workdir)
 	if err != nil {
 		return 0, err
@@ -182,7 +183,7 @@ func runCommand(ctx context.Context, o options, r roots, stderr io.Writer) (int,
 	}
 	return runInSandbox(ctx, sandboxCall{
 		opts: o, roots: r, image: choice, workdir: workdir, home: home,
-		volumes: vols, argv: argv, caller: currentCaller(), stderr: stderr,
+		volumes: vols, argv: argv, caller: currentCaller(), stderr: stderr, fast: fast,
 	})
 }
 
@@ -196,4 +197,5 @@ type sandboxCall struct {
 	argv    []string
 	caller  caller
 	stderr  io.Writer
+	fast    *fastCall // nil: no fast-path ticket for this call
 }

@@ -1,0 +1,43 @@
+// Package fastpath makes a warm call without starting the Go runtime.
+//
+// A warm call's own work is small: connect to the agent's socket, send one
+// request with fds 0-2 attached, wait for the exit status. Starting a
+// static Go binary that links libcontainer costs more than that work
+// (runtime start, cgo, package initialisers). So the first call of an
+// invocation, made in Go, leaves a ticket, and later identical invocations
+// are served by fastpath.c, a constructor that runs before the Go runtime,
+// as runc's nsexec does, and exits when it has served the call.
+//
+// # Tickets
+//
+// A ticket lives at T/fast/<name>. Its name is a SHA-256 over everything
+// the Go client reads to build its request apart from the command words:
+// the caller's uid and gid, the binary's path and stat data, the current
+// directory, the whole environment (os.Environ order) and the option words
+// before the command. Because any of these changing gives another name,
+// nothing in the ticket has to be compared with the call.
+//
+// What the name cannot cover is the file system: the image file, the flake
+// directory, the nix executable, the host files of --image host, the
+// volumes and the workdir. The ticket lists them as checks, stat data the
+// constructor compares before using the ticket. A ticket is only written
+// when none of its files changed in the last two seconds, so a file
+// rewritten within one timestamp tick cannot pass for unchanged.
+//
+// The ticket holds the socket path, the request as the Go client would
+// send it without argv (the filtered environment, the user, the cwd, the
+// TTL and the build id), the timeout and the warnings to print. The
+// constructor appends the command words and sends it. The environment in a
+// ticket is the command's filtered one: the host's secrets are never
+// written down.
+//
+// # Falling back
+//
+// Whatever the constructor cannot do (no ticket, a check that fails, no
+// agent, an agent of another build) leaves the call to the Go client,
+// which does it the long way and writes a fresh ticket. The constructor
+// never writes, creates containers or prints before it knows the call is
+// its own. _LECTIC_NIX_SANDBOX_FAST=off disables it; =require makes a call
+// the constructor cannot serve exit 125 with the reason (for tests and
+// diagnosis).
+package fastpath

@@ -1,0 +1,382 @@
+package fastpath
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/oci"
+)
+
+// The test binary links fastpath.c like the real one does, so these tests
+// run it: they write a ticket, serve a fake agent on its socket and re-run
+// the test binary with the ticket's options. If the constructor does not
+// serve the call, TestMain reports that the Go side was reached.
+
+const (
+	childEnv     = "FASTPATH_TEST_CHILD"
+	exitFellBack = 99
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) != "" {
+		fmt.Println("FELL BACK")
+		os.Exit(exitFellBack)
+	}
+	os.Exit(m.Run())
+}
+
+// agentReply is what the fake agent does with one request.
+type agentReply func(t *testing.T, fd int, req map[string]any)
+
+func send(t *testing.T, fd int, m string) {
+	t.Helper()
+	if err := unix.Sendmsg(fd, []byte(m), nil, nil, unix.MSG_NOSIGNAL); err != nil {
+		t.Errorf("fake agent: send %s: %v", m, err)
+	}
+}
+
+func recvJSON(fd int) (map[string]any, []int, error) {
+	buf := make([]byte, 1<<20)
+	oob := make([]byte, unix.CmsgSpace(16*4))
+	n, oobn, _, _, err := unix.Recvmsg(fd, buf, oob, unix.MSG_CMSG_CLOEXEC)
+	if err != nil {
+		return nil, nil, err
+	}
+	if n == 0 {
+		return nil, nil, errors.New("EOF")
+	}
+	var fds []int
+	if oobn > 0 {
+		msgs, _ := unix.ParseSocketControlMessage(oob[:oobn])
+		for _, m := range msgs {
+			got, _ := unix.ParseUnixRights(&m)
+			fds = append(fds, got...)
+		}
+	}
+	var m map[string]any
+	if err := json.Unmarshal(buf[:n], &m); err != nil {
+		return nil, fds, fmt.Errorf("decode %q: %w", buf[:n], err)
+	}
+	return m, fds, nil
+}
+
+// fakeAgent listens on sock and hands each connection's first message to
+// reply; the requests it saw come out of the returned channel.
+func fakeAgent(t *testing.T, sock string, reply agentReply) <-chan map[string]any {
+	t.Helper()
+	lfd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Bind(lfd, &unix.SockaddrUnix{Name: sock}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(lfd, 8); err != nil {
+		t.Fatal(err)
+	}
+	seen := make(chan map[string]any, 8)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			fd, _, err := unix.Accept4(lfd, unix.SOCK_CLOEXEC)
+			if err != nil {
+				return
+			}
+			req, fds, err := recvJSON(fd)
+			for _, f := range fds[min(len(fds), 3):] {
+				unix.Close(f)
+			}
+			if err == nil {
+				if len(fds) != 3 {
+					t.Errorf("fake agent: got %d fds with the request, want 3", len(fds))
+				} else {
+					// The command's stdout is the client's: prove it.
+					unix.Write(fds[1], []byte("via passed stdout\n"))
+				}
+				seen <- req
+				reply(t, fd, req)
+			}
+			for _, f := range fds[:min(len(fds), 3)] {
+				unix.Close(f)
+			}
+			unix.Close(fd)
+		}
+	}()
+	t.Cleanup(func() {
+		unix.Shutdown(lfd, unix.SHUT_RDWR)
+		unix.Close(lfd)
+		<-done
+	})
+	return seen
+}
+
+func exitWith(code, sig int) agentReply {
+	return func(t *testing.T, fd int, _ map[string]any) {
+		send(t, fd, `{"type":"started","pid":42}`)
+		send(t, fd, fmt.Sprintf(`{"type":"exit","code":%d,"signal":%d}`, code, sig))
+	}
+}
+
+type child struct {
+	code           int
+	stdout, stderr string
+}
+
+// runChild runs the test binary as a CLI call with args and extra env.
+func runChild(t *testing.T, args []string, env []string, during func(p *os.Process)) child {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = childEnviron(env)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if during != nil {
+		during(cmd.Process)
+	}
+	err := cmd.Wait()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return child{code: code, stdout: out.String(), stderr: errb.String()}
+}
+
+type fastCase struct {
+	name    string
+	opts    []string
+	term    bool
+	argv    []string // what the child gets after the options
+	env     []string // extra child environment
+	named   []string // --env values in the recipe
+	timeout time.Duration
+	reply   agentReply
+	// breakTicket runs after the ticket is written.
+	breakTicket func(t *testing.T, dir, sock string, checked string)
+	during      func(p *os.Process)
+	wantCode    int
+	wantStderr  string
+	wantArgv    []string // nil: argv after the options
+	// wantEnv names variables that must (true) or must not (false) reach
+	// the command.
+	wantEnv map[string]bool
+}
+
+func TestFastPath(t *testing.T) {
+	started := make(chan struct{})
+	cases := []fastCase{
+		{name: "exit code", opts: []string{"--image", "/img.tar"}, argv: []string{"true"}, reply: exitWith(3, 0), wantCode: 3},
+		{name: "killed by a signal", opts: []string{"--image", "/img.tar"}, argv: []string{"sleep", "1"}, reply: exitWith(0, 9), wantCode: 137},
+		{name: "no options", argv: []string{"ls", "-la"}, reply: exitWith(0, 0)},
+		{name: "option values that look like commands", opts: []string{"-v", "/a:/b", "--persist", "p", "--allow-net"}, argv: []string{"sh", "-c", "echo hi"}, reply: exitWith(0, 0)},
+		{name: "after --", opts: []string{"--image", "/img.tar", "--"}, term: true, argv: []string{"-weird", "x"}, reply: exitWith(5, 0), wantCode: 5},
+		{name: "words that need escaping", argv: []string{"printf", "a\"b\\c\nd\te\x01", "ünï", "\xff\xfe", ""}, reply: exitWith(0, 0),
+			wantArgv: []string{"printf", "a\"b\\c\nd\te\x01", "ünï", "\ufffd\ufffd", ""}},
+		{name: "environment policy", argv: []string{"env"}, named: []string{"KEEP_TOKEN", "SET_ME=1", "SET_ME=2", "_LECTIC_NIX_SANDBOX_X=no"},
+			env:   []string{"PER_CALL=42", "GH_TOKEN=secret", "MY_PASSWORD=x", "KEEP_TOKEN=kept", "SET_ME=host", "XDG_RUNTIME_DIR=/run", "aws_access=1", "_libcontainer_foo=1"},
+			reply: exitWith(0, 0),
+			wantEnv: map[string]bool{"PER_CALL": true, "GH_TOKEN": false, "MY_PASSWORD": false, "KEEP_TOKEN": true, "SET_ME": true,
+				"XDG_RUNTIME_DIR": false, "_libcontainer_foo": false, "aws_access": false, "_LECTIC_NIX_SANDBOX_X": false, "HOME": true}},
+		{name: "agent error 127", argv: []string{"nope"}, reply: func(t *testing.T, fd int, _ map[string]any) {
+			send(t, fd, `{"type":"error","code":127,"message":"nope: command not found \u003cin PATH\u003e"}`)
+		}, wantCode: 127, wantStderr: "lectic-nix-sandbox: nope: command not found <in PATH>\n"},
+		{name: "agent error 125", argv: []string{"x"}, reply: func(t *testing.T, fd int, _ map[string]any) {
+			send(t, fd, `{"type":"error","code":125,"message":"cannot start"}`)
+		}, wantCode: 125, wantStderr: "lectic-nix-sandbox: cannot start\n"},
+		{name: "agent dies after starting", argv: []string{"x"}, reply: func(t *testing.T, fd int, _ map[string]any) {
+			send(t, fd, `{"type":"started","pid":1}`)
+		}, wantCode: 125, wantStderr: "sandbox agent died during the call"},
+		{name: "timeout", argv: []string{"sleep", "9"}, timeout: 100 * time.Millisecond, reply: func(t *testing.T, fd int, _ map[string]any) {
+			send(t, fd, `{"type":"started","pid":1}`)
+			m, _, err := recvJSON(fd)
+			if err != nil || m["type"] != "signal" || m["signal"] != float64(9) {
+				t.Errorf("after the timeout the agent got %v, %v; want a SIGKILL signal message", m, err)
+			}
+			send(t, fd, `{"type":"exit","signal":9}`)
+		}, wantCode: 124},
+		{name: "signal forwarded", argv: []string{"sleep", "9"}, reply: func(t *testing.T, fd int, _ map[string]any) {
+			send(t, fd, `{"type":"started","pid":1}`)
+			close(started)
+			m, _, err := recvJSON(fd)
+			if err != nil || m["type"] != "signal" || m["signal"] != float64(15) {
+				t.Errorf("the agent got %v, %v; want a SIGTERM signal message", m, err)
+			}
+			send(t, fd, `{"type":"exit","signal":15}`)
+		}, during: func(p *os.Process) {
+			// Signals are held from before the request is sent, so
+			// one sent once the command started must be forwarded.
+			select {
+			case <-started:
+			case <-time.After(10 * time.Second):
+			}
+			p.Signal(syscall.SIGTERM)
+		}, wantCode: 143},
+		{name: "agent of another build falls back", argv: []string{"x"}, reply: func(t *testing.T, fd int, _ map[string]any) {
+			send(t, fd, `{"type":"error","code":125,"reason":"mismatch","message":"other build"}`)
+		}, wantCode: exitFellBack},
+		{name: "agent that never reads falls back", argv: []string{"x"}, reply: func(t *testing.T, fd int, _ map[string]any) {},
+			breakTicket: func(t *testing.T, dir, sock, checked string) {
+				// A listener that never accepts: the request is queued,
+				// then the socket is closed under it.
+				os.Remove(sock)
+				lfd, _ := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+				unix.Bind(lfd, &unix.SockaddrUnix{Name: sock})
+				unix.Listen(lfd, 1)
+				go func() { time.Sleep(300 * time.Millisecond); unix.Close(lfd) }()
+			}, wantCode: exitFellBack},
+		{name: "no agent falls back", argv: []string{"x"}, reply: exitWith(0, 0),
+			breakTicket: func(t *testing.T, dir, sock, checked string) { os.Remove(sock) }, wantCode: exitFellBack},
+		{name: "changed file falls back", argv: []string{"x"}, reply: exitWith(0, 0),
+			breakTicket: func(t *testing.T, dir, sock, checked string) {
+				if err := os.WriteFile(checked, []byte("changed"), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}, wantCode: exitFellBack},
+		{name: "checked file removed falls back", argv: []string{"x"}, reply: exitWith(0, 0),
+			breakTicket: func(t *testing.T, dir, sock, checked string) { os.Remove(checked) }, wantCode: exitFellBack},
+		{name: "another option falls back", opts: []string{"--image", "/img.tar"}, argv: []string{"--allow-net", "true"}, reply: exitWith(0, 0), wantCode: exitFellBack},
+		{name: "non-ASCII variable name falls back", argv: []string{"x"}, env: []string{"ſECRET=1"}, reply: exitWith(0, 0), wantCode: exitFellBack},
+		{name: "config variable changed falls back", argv: []string{"x"}, env: []string{"USER=someone-else"}, reply: exitWith(0, 0), wantCode: exitFellBack},
+		{name: "ticket writable by others falls back", argv: []string{"x"}, reply: exitWith(0, 0),
+			breakTicket: func(t *testing.T, dir, sock, checked string) {
+				ents, _ := os.ReadDir(dir)
+				for _, e := range ents {
+					os.Chmod(filepath.Join(dir, e.Name()), 0o666)
+				}
+			}, wantCode: exitFellBack},
+		{name: "require mode reports a miss", argv: []string{"x"}, env: []string{ModeEnv + "=require"}, reply: exitWith(0, 0),
+			breakTicket: func(t *testing.T, dir, sock, checked string) { os.Remove(sock) },
+			wantCode:    125, wantStderr: "the fast path was not taken: no agent answers"},
+		{name: "off mode", argv: []string{"x"}, env: []string{ModeEnv + "=off"}, reply: exitWith(0, 0), wantCode: exitFellBack},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) { runFastCase(t, tc) })
+	}
+}
+
+func runFastCase(t *testing.T, tc fastCase) {
+	tmp := t.TempDir()
+	t.Setenv("LECTIC_TEMP", tmp)
+	t.Setenv("USER", "tester")
+	dir, ok := Dir(os.Getenv)
+	if !ok {
+		t.Fatal("Dir is not absolute")
+	}
+	sock := filepath.Join(tmp, "agent.sock")
+	checked := filepath.Join(tmp, "image.tar")
+	if err := os.WriteFile(checked, []byte("image"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Observe(Stat, checked)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.changed = time.Time{} // the racy rule is tested on its own
+	recipe := oci.NewEnvRecipe([]string{"PATH=/bin", "LANG=C"}, tc.named, "/home/tester", "tester")
+	head := `{"type":"run","proto":1,"build":"b1","cwd":"/w","user":{"mode":"caller","uid":1,"gid":1},"ttl_seconds":900}`
+	inv := Invocation{Options: tc.opts, Terminated: tc.term}
+	if err := Write(dir, inv, Ticket{Socket: sock, Request: []byte(head), Env: recipe, Timeout: tc.timeout,
+		Warnings: []string{"--podman-exe is ignored"}, Checks: []Check{c}}); err != nil {
+		t.Fatal(err)
+	}
+	seen := fakeAgent(t, sock, tc.reply)
+	if tc.breakTicket != nil {
+		tc.breakTicket(t, dir, sock, checked)
+	}
+	got := runChild(t, append(append([]string(nil), tc.opts...), tc.argv...), tc.env, tc.during)
+	if got.code != tc.wantCode {
+		t.Fatalf("exit %d, want %d; stdout %q stderr %q", got.code, tc.wantCode, got.stdout, got.stderr)
+	}
+	if tc.wantStderr != "" && !strings.Contains(got.stderr, tc.wantStderr) {
+		t.Errorf("stderr %q, want it to contain %q", got.stderr, tc.wantStderr)
+	}
+	if tc.wantCode == exitFellBack || tc.wantCode == 125 && strings.Contains(tc.wantStderr, "not taken") {
+		if strings.Contains(got.stderr, "warning:") {
+			t.Errorf("a call that fell back printed the ticket's warnings: %q", got.stderr)
+		}
+		return
+	}
+	if !strings.Contains(got.stdout, "via passed stdout") {
+		t.Errorf("stdout %q: the fds passed to the agent are not the client's", got.stdout)
+	}
+	if !strings.Contains(got.stderr, "lectic-nix-sandbox: warning: --podman-exe is ignored\n") {
+		t.Errorf("stderr %q lacks the ticket's warning", got.stderr)
+	}
+	req := <-seen
+	checkRequest(t, req, tc, recipe)
+}
+
+func checkRequest(t *testing.T, req map[string]any, tc fastCase, recipe oci.EnvRecipe) {
+	t.Helper()
+	for k, want := range map[string]any{"type": "run", "proto": float64(1), "build": "b1", "cwd": "/w", "ttl_seconds": float64(900)} {
+		if req[k] != want {
+			t.Errorf("request %s = %v, want %v", k, req[k], want)
+		}
+	}
+	wantArgv := tc.wantArgv
+	if wantArgv == nil {
+		wantArgv = tc.argv
+	}
+	if got := strList(req["argv"]); !reflect.DeepEqual(got, wantArgv) {
+		t.Errorf("argv %q, want %q", got, wantArgv)
+	}
+	// The command's environment must be exactly what the Go client
+	// computes from the same environ.
+	want := recipe.Apply(childEnviron(tc.env))
+	gotEnv := strList(req["env"])
+	if !reflect.DeepEqual(gotEnv, want) {
+		t.Errorf("env differs from EnvRecipe.Apply:\n got %q\nwant %q", gotEnv, want)
+	}
+	for name, present := range tc.wantEnv {
+		found := false
+		for _, kv := range gotEnv {
+			found = found || strings.HasPrefix(kv, name+"=")
+		}
+		if found != present {
+			t.Errorf("%s in the command's env: %v, want %v", name, found, present)
+		}
+	}
+}
+
+// childEnviron is the test's environment with extra set over it.
+func childEnviron(extra []string) []string {
+	set := map[string]bool{}
+	for _, kv := range extra {
+		k, _, _ := strings.Cut(kv, "=")
+		set[k] = true
+	}
+	var env []string
+	for _, kv := range os.Environ() {
+		if k, _, _ := strings.Cut(kv, "="); !set[k] {
+			env = append(env, kv)
+		}
+	}
+	return append(append(env, childEnv+"=1"), extra...)
+}
+
+func strList(v any) []string {
+	list, _ := v.([]any)
+	out := []string{}
+	for _, s := range list {
+		str, _ := s.(string)
+		out = append(out, str)
+	}
+	return out
+}
