@@ -177,8 +177,8 @@ func TestFastPathNoticesChanges(t *testing.T) {
 		wantSandboxError(t, call(require, "true"), "no ticket for this invocation")
 		wantOK(t, call(nil, "true"))
 		wantOK(t, call(require, "true"))
-		// An agent killed: its ticket points at nothing until the slow
-		// path starts a new container.
+		// An agent killed: its supervisor cleans up, tickets included,
+		// and the slow path starts a new container.
 		ws := u.warmFor(t, wd)
 		if len(ws) != 1 {
 			t.Fatalf("want one container, got %+v", ws)
@@ -190,7 +190,7 @@ func TestFastPathNoticesChanges(t *testing.T) {
 		for len(u.warmFor(t, wd)) != 0 && time.Now().Before(deadline) {
 			time.Sleep(50 * time.Millisecond)
 		}
-		wantSandboxError(t, call(require, "true"), "no agent answers")
+		wantSandboxError(t, call(require, "true"), "no ticket for this invocation")
 		wantOK(t, call(nil, "true"))
 		wantOK(t, call(require, "true"))
 	})
@@ -244,5 +244,29 @@ func TestFastPathHostImage(t *testing.T) {
 		if r := call(require); r.code != 0 || r.stdout != "ok\n" {
 			t.Fatalf("fast path on the host image: %v", r)
 		}
+	})
+}
+
+// TestTicketsEndWithTheirContainer: a container that expires takes its
+// tickets with it, so tickets do not pile up without a --prune.
+func TestTicketsEndWithTheirContainer(t *testing.T) {
+	forEachUser(t, func(t *testing.T, u *testUser) {
+		img := privateImage(t, u)
+		wd := u.workdir(t)
+		settle(t, img)
+		call := func(env []string) result {
+			return u.run(context.Background(), t, runOpts{dir: wd, env: env},
+				"--image", img, "-d", wd, "--warm-ttl-seconds", "1", "true")
+		}
+		wantOK(t, call(nil))
+		wantOK(t, call(require))
+		deadline := time.Now().Add(20 * time.Second)
+		for len(u.warmFor(t, wd)) != 0 && time.Now().Before(deadline) {
+			time.Sleep(100 * time.Millisecond)
+		}
+		if len(u.warmFor(t, wd)) != 0 {
+			t.Fatal("the container outlived its 1 s TTL")
+		}
+		wantSandboxError(t, call(require), "no ticket for this invocation")
 	})
 }

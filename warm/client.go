@@ -50,6 +50,11 @@ type Spec struct {
 	// Notice is written once to the request's stderr when this call creates
 	// the container (e.g. why the host image is used).
 	Notice string
+	// TicketDir holds the fast-path tickets (package fastpath) of calls
+	// that may name this container. When the container ends, its
+	// supervisor removes the tickets whose agent socket is gone, so
+	// tickets do not outlive their containers. "" leaves them.
+	TicketDir string
 	// CacheRoot is C. When Create.Config.AgentPath is empty, the container
 	// gets AgentBinary(CacheRoot); resolved only when a container is created.
 	CacheRoot string

@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/fastpath"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/namespace"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/oci"
 )
@@ -351,6 +352,11 @@ func (sv *supervisor) cleanup() {
 	}
 	if err := removeWarmDir(sv.dir); err != nil {
 		fmt.Fprintln(sv.log, "lectic-nix-sandbox supervisor:", err)
+	}
+	if sv.spec.TicketDir != "" {
+		if _, err := fastpath.Prune(sv.spec.TicketDir); err != nil {
+			fmt.Fprintln(sv.log, "lectic-nix-sandbox supervisor:", err)
+		}
 	}
 }
 

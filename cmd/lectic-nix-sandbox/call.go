@@ -62,6 +62,9 @@ func runInSandbox(ctx context.Context, c sandboxCall) (int, error) {
 	// resolves it then (a read-only copy in the cache), keeping the warm
 	// path free of file copies.
 	spec.CacheRoot = c.roots.cache
+	if c.fast != nil {
+		spec.TicketDir = c.fast.dir
+	}
 	recipe := oci.NewEnvRecipe(c.image.img.Config.Env, c.opts.env, target, userName(userSpec, c.caller))
 	req := warm.Request{
 		Argv:    c.argv,
