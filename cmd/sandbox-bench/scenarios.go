@@ -105,9 +105,13 @@ func (b *bench) warmExec(ctx context.Context) Result {
 	r := Result{Name: "warm_exec", Kind: kindSandbox, Command: shellJoin(p.argv[1:]),
 		Counterpart: []string{"podman_exec"}, Note: "into the warm container started by an untimed first call"}
 	b.logf("warm_exec")
+	if err := b.settle(ctx, b.image); err != nil {
+		return b.record(r, nil, err)
+	}
 	if err := verify(ctx, p, ""); err != nil {
 		return b.record(r, nil, err)
 	}
+	r.Note += b.fastPathNote(ctx, p)
 	samples, err := b.measure(ctx, b.plan.Fast, b.timed(p))
 	if err == nil {
 		err = b.checkWarm(ctx)
@@ -159,6 +163,7 @@ func (b *bench) warmExecSh(ctx context.Context) Result {
 	if err := verify(ctx, p, "hi\n"); err != nil {
 		return b.record(r, nil, err)
 	}
+	r.Note += b.fastPathNote(ctx, p)
 	samples, err := b.measure(ctx, b.plan.Fast, b.timed(p))
 	return b.record(r, samples, err)
 }
@@ -222,14 +227,20 @@ func (b *bench) nixFastPath(ctx context.Context) Result {
 	}
 	p := b.sandbox("--flake", ref, "--keep-warm", "--warm-ttl-seconds", warmTTL, "true")
 	r.Command = shellJoin(p.argv[1:])
-	// The first call builds; the second sees the flake.lock the first wrote.
+	// The first call builds. A user's flake is not edited between tool
+	// calls, so the files age before the call that leaves the ticket.
 	buildCtx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	for range 2 {
-		if err := verify(buildCtx, p, ""); err != nil {
-			return b.record(r, nil, fmt.Errorf("building or running the fixture flake: %w", err))
-		}
+	if err := verify(buildCtx, p, ""); err != nil {
+		return b.record(r, nil, fmt.Errorf("building or running the fixture flake: %w", err))
 	}
+	if err := b.settle(ctx, filepath.Join(b.work, "flake")); err != nil {
+		return b.record(r, nil, err)
+	}
+	if err := verify(buildCtx, p, ""); err != nil {
+		return b.record(r, nil, fmt.Errorf("running the fixture flake: %w", err))
+	}
+	r.Note += b.fastPathNote(ctx, p)
 	samples, err := b.measure(ctx, b.plan.Fast, b.timed(p))
 	return b.record(r, samples, err)
 }
