@@ -43,7 +43,7 @@ extern char **environ;
 #define MATERIAL_MAGIC "lectic-nix-sandbox fast path v1\n"
 #define TICKET_MAGIC "lectic-nix-sandbox ticket 1"
 #define ENV_MODE "_LECTIC_NIX_SANDBOX_FAST="
-#define MAX_CANDIDATES 12
+#define MAX_CANDIDATES 64
 #define MAX_TICKET (1 << 20)
 #define MAX_MESSAGE (256 << 10)
 #define MAX_SOCKET 107

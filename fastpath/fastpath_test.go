@@ -186,6 +186,7 @@ func TestFastPath(t *testing.T) {
 		{name: "killed by a signal", opts: []string{"--image", "/img.tar"}, argv: []string{"sleep", "1"}, reply: exitWith(0, 9), wantCode: 137},
 		{name: "no options", argv: []string{"ls", "-la"}, reply: exitWith(0, 0)},
 		{name: "option values that look like commands", opts: []string{"-v", "/a:/b", "--persist", "p", "--allow-net"}, argv: []string{"sh", "-c", "echo hi"}, reply: exitWith(0, 0)},
+		{name: "many option values", opts: manyVolumes(20), argv: []string{"true"}, reply: exitWith(0, 0)},
 		{name: "after --", opts: []string{"--image", "/img.tar", "--"}, term: true, argv: []string{"-weird", "x"}, reply: exitWith(5, 0), wantCode: 5},
 		{name: "words that need escaping", argv: []string{"printf", "a\"b\\c\nd\te\x01", "ünï", "\xff\xfe", ""}, reply: exitWith(0, 0),
 			wantArgv: []string{"printf", "a\"b\\c\nd\te\x01", "ünï", "\ufffd\ufffd", ""}},
@@ -369,6 +370,16 @@ func childEnviron(extra []string) []string {
 		}
 	}
 	return append(append(env, childEnv+"=1"), extra...)
+}
+
+// manyVolumes is a long option prefix whose every value could start a
+// command: each is a candidate split the constructor has to try.
+func manyVolumes(n int) []string {
+	var opts []string
+	for i := range n {
+		opts = append(opts, "-v", fmt.Sprintf("/data%d:/d%d", i, i))
+	}
+	return opts
 }
 
 func strList(v any) []string {
