@@ -25,9 +25,9 @@
 // When nothing answers, the client takes T/warm/<key>.lock (flock; the file
 // lives beside the warm dir, and a lock on a file someone unlinked is
 // retried), checks again, removes what a dead container left, and re-executes
-// itself as the supervisor: a short "launch" stage detaches the real
-// supervisor (own session, own user and mount namespace from
-// namespace.CreatorSysProcAttr) and exits, so the client has nothing to reap.
+// itself as the supervisor in its own session and its own user and mount
+// namespace (namespace.CreatorSysProcAttr), without waiting for it: the
+// supervisor outlives the call and is reparented when the client exits.
 // The supervisor holds an exclusive flock on T/warm/<key>/alive for its whole
 // life: that lock, not a pid, is what says a container is alive, so a crash
 // or a reboot leaves a dir that anyone can recognise as stale. It creates the

@@ -23,16 +23,8 @@ import (
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/oci"
 )
 
-// envSupervisor marks the supervisor; its value is the stage: "launch" is a
-// short-lived parent that detaches the real supervisor ("run") and exits,
-// so the client has nothing to reap later and the supervisor has no parent
-// that holds it.
+// envSupervisor marks the supervisor process.
 const envSupervisor = "_LECTIC_NIX_SANDBOX_SUPERVISOR"
-
-const (
-	stageLaunch = "launch"
-	stageRun    = "run"
-)
 
 // Fds of the supervisor besides stdio.
 const (
@@ -48,12 +40,7 @@ func IsSupervisor() bool { return os.Getenv(envSupervisor) != "" }
 
 // RunSupervisor creates one container, serves as its owner until the agent
 // exits or it is told to stop, and removes every trace of it.
-func RunSupervisor() int {
-	if os.Getenv(envSupervisor) == stageLaunch {
-		return launch()
-	}
-	return supervise()
-}
+func RunSupervisor() int { return supervise() }
 
 // supervisorSpec is what the client hands the supervisor.
 type supervisorSpec struct {
@@ -149,22 +136,26 @@ func startSupervisor(ctx context.Context, dir string, s Spec) error {
 	defer readyR.Close()
 	cmd := exec.Command("/proc/self/exe")
 	cmd.Args = []string{"lectic-nix-sandbox-supervisor"}
-	cmd.Env = []string{envSupervisor + "=" + stageLaunch, "PATH=" + os.Getenv("PATH")}
-	if s.Plain {
-		cmd.Env = append(cmd.Env, envPlain+"=1")
-	}
+	cmd.Env = []string{envSupervisor + "=1", "PATH=" + os.Getenv("PATH")}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.ExtraFiles = []*os.File{specR, readyW}
+	// The supervisor outlives this call: its own session keeps it out of
+	// the caller's terminal signals and process-group kills (Lectic's
+	// timeout), and a real container's supervisor starts in its own user
+	// and mount namespace.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if !s.Plain {
+		cmd.SysProcAttr = namespace.CreatorSysProcAttr(os.Getuid(), os.Getgid())
+	}
 	err = cmd.Start()
 	readyW.Close()
 	if err != nil {
 		return fmt.Errorf("start the sandbox supervisor: %w", err)
 	}
+	// Reaped while this process lives; after that it is reparented.
+	go func() { _ = cmd.Wait() }()
 	werr := writeSpec(specW, supervisorSpec{Dir: dir, Spec: s})
 	specW.Close()
-	if err := cmd.Wait(); err != nil {
-		return fmt.Errorf("start the sandbox supervisor: %w (see %s)", err, filepath.Join(dir, logName))
-	}
 	if werr != nil {
 		return werr
 	}
@@ -203,30 +194,6 @@ func awaitReady(ctx context.Context, r *os.File) error {
 		return fmt.Errorf("the sandbox supervisor ended without reporting (%v)", err)
 	}
 }
-
-// launch detaches the supervisor: it starts it in its own session (and, for
-// a real container, in its own user and mount namespace) and exits.
-func launch() int {
-	plain := os.Getenv(envPlain) != ""
-	attr := &syscall.SysProcAttr{Setsid: true}
-	if !plain {
-		attr = namespace.CreatorSysProcAttr(os.Getuid(), os.Getgid())
-		attr.Setsid = true
-	}
-	env := append(withoutVar(os.Environ(), envSupervisor), envSupervisor+"="+stageRun)
-	_, err := syscall.ForkExec("/proc/self/exe", []string{"lectic-nix-sandbox-supervisor"}, &syscall.ProcAttr{
-		Env: env, Files: []uintptr{0, 1, 2, specFD, readyFD}, Sys: attr,
-	})
-	if err != nil {
-		fmt.Fprintln(os.NewFile(readyFD, "ready"), "start the sandbox supervisor: "+err.Error())
-		return 1
-	}
-	return 0
-}
-
-// envPlain tells the launcher that the agent runs without namespaces
-// (Spec.Plain), so the supervisor needs none either.
-const envPlain = "_LECTIC_NIX_SANDBOX_PLAIN"
 
 // supervisor owns one container for its whole life.
 type supervisor struct {
