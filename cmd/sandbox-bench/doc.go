@@ -13,9 +13,12 @@
 //
 //	bare_exec       host busybox `true`, no sandbox: the floor
 //	client_startup  `lectic-nix-sandbox --version`: the client's own start-up
-//	warm_exec       `true` into the warm container
+//	warm_exec       `true` into the warm container (served by the fast path
+//	                once the image file is older than its racy window)
 //	warm_exec_sh    `sh -c 'echo hi'` into it (output checked once)
 //	parallel_16     16 clients at once into it; per-call latency
+//	parallel_16_bare  the same 16 clients running host busybox `true`, no
+//	                sandbox: what the machine's cores allow parallel_16
 //	nix_fast_path   `--flake` of an offline fixture flake, unchanged, warm
 //	cold_start      `--no-keep-warm true` with the rootfs cached, after --stop all
 //	first_start     `--no-keep-warm true` with empty cache and temp dirs

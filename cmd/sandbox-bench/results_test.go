@@ -122,6 +122,9 @@ func TestGoals(t *testing.T) {
 		{"first below load+run", nil, 2, true, 2.8, false},
 		{"first equal to load+run is not faster", func(r *Report) { setP50(r, "first_start", 1400) }, 2, false, 1, false},
 		{"warm faster than bwrap", nil, 3, true, 2, false},
+		{"parallel p99 4x warm p50 meets 5x", func(r *Report) { addParallel(r, 4, 8) }, 4, true, 4, false},
+		{"parallel p99 10x warm p50 misses 5x", func(r *Report) { addParallel(r, 10, 20) }, 4, false, 10, false},
+		{"missing parallel makes the tail goal n/a", nil, 4, false, 0, true},
 		{"missing podman makes goal n/a", func(r *Report) { setMissing(r, "podman_exec") }, 0, false, 0, true},
 	}
 	for _, tt := range tests {
@@ -144,6 +147,11 @@ func setP50(r *Report, name string, v float64) {
 			r.Results[i].Summary.P50 = v
 		}
 	}
+}
+
+func addParallel(r *Report, p50, p99 float64) {
+	r.Results = append(r.Results, Result{Name: "parallel_16", Kind: kindSandbox,
+		Summary: Summary{P50: p50, P90: p99, P99: p99, Mean: p50, Min: p50, Max: p99, N: 10}})
 }
 
 func setMissing(r *Report, name string) {

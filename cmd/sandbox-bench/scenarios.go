@@ -21,6 +21,7 @@ func (b *bench) runAll(ctx context.Context) []Result {
 		b.warmExec(ctx),
 		b.warmExecSh(ctx),
 		b.parallel16(ctx),
+		b.parallel16Bare(ctx),
 		b.nixFastPath(ctx),
 		b.coldStart(ctx),
 		b.firstStart(ctx),
@@ -177,6 +178,17 @@ func (b *bench) parallel16(ctx context.Context) Result {
 	if err := verify(ctx, p, ""); err != nil {
 		return b.record(r, nil, err)
 	}
+	samples, err := b.parallel(ctx, parallelClients, b.plan.PerClient, p)
+	return b.record(r, samples, err)
+}
+
+// parallel16Bare is parallel_16's measure applied to no sandbox at all:
+// what this machine's cores and process start-up allow 16 clients.
+func (b *bench) parallel16Bare(ctx context.Context) Result {
+	p := proc{argv: []string{b.busybox, "true"}, dir: b.workdir}
+	r := Result{Name: "parallel_16_bare", Kind: kindBare, Command: shellJoin(p.argv),
+		Note: fmt.Sprintf("%d concurrent clients, %d calls each, of busybox true without any sandbox: the reference for parallel_16", parallelClients, b.plan.PerClient)}
+	b.logf("parallel_16_bare")
 	samples, err := b.parallel(ctx, parallelClients, b.plan.PerClient, p)
 	return b.record(r, samples, err)
 }
