@@ -18,7 +18,9 @@
 // even by SIGKILL) the agent kills the command's process group. "status"
 // and "stop" messages serve List and Stop. The run message carries Proto
 // and the build id: an agent of another protocol or build answers with a
-// mismatch error and the client replaces it.
+// mismatch error and the client replaces it. A repeated invocation may make
+// the same call from C before the Go runtime starts (package fastpath, fed
+// by FastRequest and Spec.TicketDir); the agent cannot tell the two apart.
 //
 // # Starting a container
 //
