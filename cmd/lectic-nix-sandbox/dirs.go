@@ -2,7 +2,11 @@ package main
 
 import (
 	"errors"
+	"fmt"
+	"os"
 	"path/filepath"
+
+	"golang.org/x/sys/unix"
 )
 
 // roots are the three directories the sandbox keeps state in. Packages get
@@ -59,4 +63,36 @@ func resolveRoots(getenv func(string) string) (roots, error) {
 		*p = abs
 	}
 	return r, nil
+}
+
+// checkTemp makes sure the temp root is this user's own before anything is
+// created in it or connected to under it. The default, $TMPDIR/lectic as
+// Lectic itself uses, is one path for every user of the machine: whoever
+// ran first owns it, and a dir another user controls must never hold our
+// sockets and locks.
+func checkTemp(temp string) error {
+	hint := "set LECTIC_TEMP to a directory of your own (for example export LECTIC_TEMP=$XDG_RUNTIME_DIR/lectic)"
+	if err := os.MkdirAll(temp, 0o700); err != nil {
+		return fmt.Errorf("cannot create the temp dir %s (%v); %s", temp, errors.Unwrap(err), hint)
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(temp, &st); err != nil {
+		return fmt.Errorf("temp dir %s: %w", temp, err)
+	}
+	uid := os.Getuid()
+	switch {
+	case st.Mode&unix.S_IFMT != unix.S_IFDIR:
+		return fmt.Errorf("temp dir %s is not a directory; %s", temp, hint)
+	case int(st.Uid) != uid:
+		return fmt.Errorf("temp dir %s belongs to uid %d, not to you (uid %d); %s", temp, st.Uid, uid, hint)
+	case st.Mode&0o022 != 0:
+		return fmt.Errorf("temp dir %s is writable by other users; run chmod 700 %s, or %s", temp, temp, hint)
+	}
+	// Anyone who may rename the parent's entries could swap the dir: a
+	// parent others can write needs the sticky bit, as /tmp has.
+	parent := filepath.Dir(temp)
+	if err := unix.Lstat(parent, &st); err == nil && st.Mode&0o022 != 0 && st.Mode&unix.S_ISVTX == 0 {
+		return fmt.Errorf("temp dir %s lies in %s, which other users may write to; %s", temp, parent, hint)
+	}
+	return nil
 }

@@ -71,6 +71,12 @@ func dispatch(args []string, stdout, stderr io.Writer) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	switch o.action {
+	case "", "list", "stop", "prune", "gc":
+		if err := checkTemp(r.temp); err != nil {
+			return 0, err
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
 	if o.action != "" {
