@@ -62,9 +62,6 @@ func runInSandbox(ctx context.Context, c sandboxCall) (int, error) {
 	// resolves it then (a read-only copy in the cache), keeping the warm
 	// path free of file copies.
 	spec.CacheRoot = c.roots.cache
-	if c.fast != nil {
-		spec.TicketDir = c.fast.dir
-	}
 	recipe := oci.NewEnvRecipe(c.image.img.Config.Env, c.opts.env, target, userName(userSpec, c.caller))
 	req := warm.Request{
 		Argv:    c.argv,
@@ -74,6 +71,7 @@ func runInSandbox(ctx context.Context, c sandboxCall) (int, error) {
 		Timeout: time.Duration(c.opts.timeout * float64(time.Second)),
 	}
 	if c.fast != nil {
+		spec.TicketDir = c.fast.dir
 		c.fast.write(c, spec, req, recipe)
 	}
 	return warm.Run(ctx, c.roots.temp, spec, req)

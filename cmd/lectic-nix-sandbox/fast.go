@@ -33,57 +33,66 @@ func fastCallFor(args []string, o options, r roots, stderr io.Writer) *fastCall 
 		return nil
 	}
 	fc := &fastCall{dir: dir, inv: fastpath.Invocation{Options: args[:o.optWords], Terminated: o.terminated}}
-	var err error
-	observe := func(kind fastpath.Kind, path string) {
-		c, oerr := fastpath.Observe(kind, path)
-		if oerr != nil && err == nil {
-			err = oerr
-		}
-		fc.checks = append(fc.checks, c)
-	}
 	// The mounts: what the paths the user gave resolve to.
 	for _, p := range mountPaths(o) {
-		if abs, aerr := filepath.Abs(p); aerr == nil {
-			observe(fastpath.Identity, abs)
+		abs, err := filepath.Abs(p)
+		if err != nil {
+			continue
 		}
+		c, err := fastpath.Observe(fastpath.Identity, abs)
+		if err != nil {
+			return nil
+		}
+		fc.checks = append(fc.checks, c)
 	}
 	var inputs []nixload.Input
 	switch {
 	case o.image == "host":
 		inputs = nixload.HostInputs()
 	case o.image != "":
-		abs, aerr := filepath.Abs(o.image)
-		if aerr != nil {
+		abs, err := filepath.Abs(o.image)
+		if err != nil {
 			return nil
 		}
 		inputs = nixload.FileInputs(abs)
 	default:
-		src, _, serr := flakeSource(o, r, stderr)
-		if serr != nil {
+		src, _, err := flakeSource(o, r, stderr)
+		if err != nil {
 			return nil
 		}
-		exe, _ := os.Executable()
-		inputs = nixload.FlakeRefInputs(o.flake, os.Getenv("LECTIC_NIX_SANDBOX_FLAKE"), exe)
 		flake, cacheable := nixload.FlakeInputs(src)
 		if !cacheable {
 			return nil
 		}
-		inputs = append(inputs, flake...)
-		for _, in := range nixload.HostInputs() {
-			c, oerr := fastpath.Observe(kind(in), in.Path)
-			if oerr != nil {
-				return nil
-			}
-			fc.host = append(fc.host, c)
+		exe, _ := os.Executable()
+		inputs = append(nixload.FlakeRefInputs(o.flake, os.Getenv("LECTIC_NIX_SANDBOX_FLAKE"), exe), flake...)
+		if fc.host, err = observeInputs(nixload.HostInputs()); err != nil {
+			return nil
 		}
 	}
-	for _, in := range inputs {
-		observe(kind(in), in.Path)
-	}
+	image, err := observeInputs(inputs)
 	if err != nil {
 		return nil
 	}
+	fc.checks = append(fc.checks, image...)
 	return fc
+}
+
+// observeInputs records the current state of each input.
+func observeInputs(inputs []nixload.Input) ([]fastpath.Check, error) {
+	checks := make([]fastpath.Check, 0, len(inputs))
+	for _, in := range inputs {
+		kind := fastpath.Lstat
+		if in.Follow {
+			kind = fastpath.Stat
+		}
+		c, err := fastpath.Observe(kind, in.Path)
+		if err != nil {
+			return nil, err
+		}
+		checks = append(checks, c)
+	}
+	return checks, nil
 }
 
 // mountPaths are the host paths the options bind into the container.
@@ -104,13 +113,6 @@ func mountPaths(o options) []string {
 	return paths
 }
 
-func kind(in nixload.Input) fastpath.Kind {
-	if in.Follow {
-		return fastpath.Stat
-	}
-	return fastpath.Lstat
-}
-
 // write leaves the ticket for the next identical invocation. It is only an
 // optimisation: when it cannot be written (a file changed too recently, a
 // temp dir that is not private) the next call simply takes the slow path.
@@ -120,8 +122,8 @@ func (fc *fastCall) write(c sandboxCall, s warm.Spec, r warm.Request, env oci.En
 		return
 	}
 	checks := fc.checks
-	if c.image.label == "host" && c.opts.image != "host" {
-		checks = append(checks, fc.host...)
+	if c.image.label == "host" {
+		checks = append(checks, fc.host...) // empty unless the flake fell back
 	}
 	_ = fastpath.Write(fc.dir, fc.inv, fastpath.Ticket{
 		Socket: sock, Request: msg, Env: env, Timeout: r.Timeout, Warnings: c.opts.warnings, Checks: checks,
