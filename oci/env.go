@@ -84,7 +84,7 @@ func hasAnyPrefix(s string, prefixes []string) bool {
 // drops host-only variables (PATH, HOME, USER and LOGNAME, which the
 // sandbox sets itself, SHELL, HOSTNAME, temp dirs, XDG_*, display, D-Bus,
 // ssh/gpg agents, LD_* loader overrides, PWD, SHLVL, MAIL...) and
-// secret-looking ones (see Blocked). TERM, LANG, LC_* and LS_COLORS pass.
+// secret-looking ones (see EnvPolicy). TERM, LANG, LC_* and LS_COLORS pass.
 //
 // named are --env values: NAME keeps the host's value whatever the policy
 // says, NAME=VALUE sets it (appended when the host lacks it); the last
@@ -140,27 +140,18 @@ func parseNamed(named []string) (keep map[string]bool, set map[string]string, or
 	return keep, set, order
 }
 
-// Blocked reports whether the policy drops name when it is not named.
-func Blocked(name string) bool { return Policy().blocked(name) }
-
+// blocked reports whether the policy drops name when it is not named.
 func (p EnvPolicy) blocked(name string) bool {
 	return p.isHostOnly(name) || p.isInternal(name) || p.isSecret(name)
 }
 
-// CommandEnv builds a command's environment: the image's Env (with a
-// default PATH when it has none), then the filtered host variables on top,
-// then HOME, USER, LOGNAME and TMPDIR=/tmp. A PATH in filtered wins over the
-// image's: FilterEnv only lets one through when the caller named it.
-func CommandEnv(imageEnv, filtered []string, home, user string) []string {
-	r := NewEnvRecipe(imageEnv, nil, home, user)
-	return assemble(r.Pre, filtered, r.Post)
-}
-
 // EnvRecipe is what a command's environment is made of besides the
-// caller's environ: Apply(environ) is
-// CommandEnv(image, FilterEnv(environ, Named), home, user). The fast path
-// carries a recipe in its ticket and applies it, in C, to each call's own
-// environ.
+// caller's environ: the image's Env (with a default PATH when it has
+// none), then the caller's environ filtered by FilterEnv with the --env
+// values, then HOME, USER, LOGNAME and TMPDIR=/tmp. A PATH from the caller
+// wins over the image's: FilterEnv only lets one through when the caller
+// named it. The fast path carries a recipe in its ticket and applies it,
+// in C, to each call's own environ.
 type EnvRecipe struct {
 	Pre   []string // assigned first: the image's Env, then PATH if it has none
 	Named []string // --env values, for FilterEnv

@@ -56,13 +56,15 @@ func TestBlocked(t *testing.T) {
 		"TERM": false, "LC_CTYPE": false,
 	}
 	for name, want := range tests {
-		if got := Blocked(name); got != want {
-			t.Errorf("Blocked(%q) = %v, want %v", name, got, want)
+		if got := Policy().blocked(name); got != want {
+			t.Errorf("blocked(%q) = %v, want %v", name, got, want)
 		}
 	}
 }
 
-func TestCommandEnv(t *testing.T) {
+// TestEnvRecipeAssembly: how a recipe's parts and the filtered caller's
+// variables combine, given the variables FilterEnv let through.
+func TestEnvRecipeAssembly(t *testing.T) {
 	tests := []struct {
 		name        string
 		image, host []string
@@ -94,8 +96,9 @@ func TestCommandEnv(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := CommandEnv(tt.image, tt.host, tt.home, tt.user); !reflect.DeepEqual(got, tt.want) {
-				t.Errorf("CommandEnv:\n got %q\nwant %q", got, tt.want)
+			r := NewEnvRecipe(tt.image, nil, tt.home, tt.user)
+			if got := assemble(r.Pre, tt.host, r.Post); !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("assembled:\n got %q\nwant %q", got, tt.want)
 			}
 		})
 	}
