@@ -27,7 +27,7 @@ const (
 // Request is one command to run in the container.
 type Request struct {
 	Argv []string
-	Env  []string // the command's whole environment (oci.CommandEnv); its PATH resolves Argv[0]
+	Env  []string // the command's whole environment (oci.EnvRecipe.Apply); its PATH resolves Argv[0]
 	Cwd  string   // in-container path; "" means /
 	User UserSpec
 	// Stdin, Stdout and Stderr are passed to the command as they are (no
@@ -88,14 +88,10 @@ var errMismatch = errors.New("agent of another protocol or build")
 // ctx bounds the start of a container; once the command runs, it is ended
 // by forwarded signals and r.Timeout, not by ctx.
 func Run(ctx context.Context, tempRoot string, s Spec, r Request) (int, error) {
-	if err := s.fill(); err != nil {
+	sock, err := resolve(tempRoot, &s, &r)
+	if err != nil {
 		return exitSandbox, err
 	}
-	sock := socketPath(tempRoot, s.Key)
-	if err := checkSocketPath(sock); err != nil {
-		return exitSandbox, err
-	}
-	r.User = imageUser(r.User, s)
 	code, err := runWithRetry(ctx, tempRoot, s, r, sock)
 	if s.OneShot {
 		// Nothing stays behind: wait for the supervisor's cleanup.
@@ -103,6 +99,20 @@ func Run(ctx context.Context, tempRoot string, s Spec, r Request) (int, error) {
 		_ = os.Remove(keyLockPath(tempRoot, s.Key))
 	}
 	return code, err
+}
+
+// resolve completes s and r as a call sends them and names the agent's
+// socket.
+func resolve(tempRoot string, s *Spec, r *Request) (sock string, err error) {
+	if err := s.fill(); err != nil {
+		return "", err
+	}
+	sock = socketPath(tempRoot, s.Key)
+	if err := checkSocketPath(sock); err != nil {
+		return "", err
+	}
+	r.User = imageUser(r.User, *s)
+	return sock, nil
 }
 
 // imageUser resolves the "image" mode without a name to the image config's
@@ -226,14 +236,9 @@ func FastRequest(tempRoot string, s Spec, r Request) (sock string, msg []byte, e
 	if s.OneShot {
 		return "", nil, errors.New("a one-shot call has no fast path")
 	}
-	if err := s.fill(); err != nil {
+	if sock, err = resolve(tempRoot, &s, &r); err != nil {
 		return "", nil, err
 	}
-	sock = socketPath(tempRoot, s.Key)
-	if err := checkSocketPath(sock); err != nil {
-		return "", nil, err
-	}
-	r.User = imageUser(r.User, s)
 	r.Argv, r.Env = nil, nil
 	msg, err = json.Marshal(runMessage(s, r))
 	if err != nil {

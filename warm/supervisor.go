@@ -38,10 +38,6 @@ const startTimeout = 2 * time.Minute
 // IsSupervisor reports whether this process was started as a supervisor.
 func IsSupervisor() bool { return os.Getenv(envSupervisor) != "" }
 
-// RunSupervisor creates one container, serves as its owner until the agent
-// exits or it is told to stop, and removes every trace of it.
-func RunSupervisor() int { return supervise() }
-
 // supervisorSpec is what the client hands the supervisor.
 type supervisorSpec struct {
 	Dir  string `json:"dir"`
@@ -211,7 +207,9 @@ type agentProc interface {
 	destroy() error
 }
 
-func supervise() int {
+// RunSupervisor creates one container, serves as its owner until the agent
+// exits or it is told to stop, and removes every trace of it.
+func RunSupervisor() int {
 	ready := os.NewFile(readyFD, "ready")
 	var ss supervisorSpec
 	err := json.NewDecoder(os.NewFile(specFD, "spec")).Decode(&ss)
