@@ -492,6 +492,7 @@ static const char *check_ticket(struct ticket *t)
 {
 	char *p = t->data, *end = t->data + t->size;
 	char state[160];
+	int holds;
 
 	if (strcmp(p, TICKET_MAGIC))
 		return "the ticket is of another version";
@@ -516,11 +517,10 @@ static const char *check_ticket(struct ticket *t)
 			if (!path)
 				return "a ticket check is malformed";
 			*path++ = 0;
-			if (stat_state(kind, path, state, sizeof state) || strcmp(state, want)) {
-				*--path = ' ', *--want = ' '; /* restore for a later walk */
+			holds = !stat_state(kind, path, state, sizeof state) && !strcmp(state, want);
+			*--path = ' ', *--want = ' '; /* print_warnings walks the records again */
+			if (!holds)
 				return "a file the image or the mounts depend on changed";
-			}
-			*--path = ' ', *--want = ' ';
 		} else if (recipe_list(&t->env, p)) {
 			if (list_add(recipe_list(&t->env, p), sp + 1))
 				return "out of memory";

@@ -85,12 +85,6 @@ func Observe(kind Kind, path string) (Check, error) {
 	return c, nil
 }
 
-// Holds reports whether path is still in the recorded state.
-func (c Check) Holds() bool {
-	now, err := Observe(c.Kind, c.Path)
-	return err == nil && now.State == c.State
-}
-
 // Invocation is how the CLI split its arguments.
 type Invocation struct {
 	Options    []string // the words before the command, a final "--" included
