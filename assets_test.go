@@ -1,6 +1,7 @@
 package lecticnixsandbox
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io/fs"
@@ -139,15 +140,25 @@ func evalImage(t *testing.T, packagesFile string) (map[string]any, string) {
 	in { inherit (img) name contents extraCommands config; }`
 	cmd := exec.Command(nixInstantiate, "--eval", "--strict", "--json", "-E", expr)
 	cmd.Env = append(os.Environ(), "LECTIC_NIX_SANDBOX_EXTRA_PKGS_FILE="+packagesFile)
-	out, err := cmd.CombinedOutput()
+	out, errText, err := stdoutOnly(cmd)
 	if err != nil {
-		return nil, string(out)
+		return nil, errText
 	}
 	var v map[string]any
 	if err := json.Unmarshal(out, &v); err != nil {
 		t.Fatalf("eval output %q: %v", out, err)
 	}
 	return v, ""
+}
+
+// stdoutOnly runs cmd and returns its stdout, which is all a caller parses:
+// nix writes "warning:" lines (an untrusted flake dir, a dirty tree) to
+// stderr, and those must never reach the JSON decoder.
+func stdoutOnly(cmd *exec.Cmd) (stdout []byte, stderr string, err error) {
+	var errBuf bytes.Buffer
+	cmd.Stderr = &errBuf
+	stdout, err = cmd.Output()
+	return stdout, errBuf.String(), err
 }
 
 func TestFlakeImageAndPackagesShapes(t *testing.T) {
@@ -242,9 +253,9 @@ func TestFlakeProgramOutputs(t *testing.T) {
 	  app = out.apps.x86_64-linux.default.program;
 	  shell = out.devShells.x86_64-linux.default.packages;
 	}`
-	out, err := exec.Command(nixInstantiate, "--eval", "--strict", "--json", "-E", expr).CombinedOutput()
+	out, errText, err := stdoutOnly(exec.Command(nixInstantiate, "--eval", "--strict", "--json", "-E", expr))
 	if err != nil {
-		t.Fatalf("evaluation failed: %v\n%s", err, out)
+		t.Fatalf("evaluation failed: %v\n%s", err, errText)
 	}
 	var v struct {
 		Systems     []string

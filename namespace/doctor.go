@@ -40,7 +40,7 @@ func Doctor(ctx context.Context, tempRoot, cacheRoot string) []Check {
 		usernsCheck(ctx),
 	}
 	checks = append(checks, overlayChecks(ctx, tempRoot)...)
-	checks = append(checks, subidCheck(), nixCheck(), nixDaemonCheck())
+	checks = append(checks, subidCheck(), nixCheck(), nixDaemonCheck(), nixBuildUsersCheck(hostNixConf()))
 	return checks
 }
 
@@ -226,4 +226,102 @@ func nixDaemonCheck() Check {
 		return problem(name, false, nixDaemonSocket+" is not a socket", "restart nix-daemon")
 	}
 	return ok(name, false, nixDaemonSocket)
+}
+
+// nixBuildUsers is what a root nix-daemon builds as: the group named by
+// build-users-group (Nix's default for a root daemon is "nixbld") and the
+// users in it.
+type nixBuildUsers struct {
+	installed bool   // a multi-user install: /nix/var/nix/daemon-socket exists
+	group     string // build-users-group; "" means builds run as the daemon
+	lookup    func(group string) (exists bool, members int)
+}
+
+// hostNixConf reads what nixBuildUsersCheck needs from this machine.
+func hostNixConf() nixBuildUsers {
+	_, err := os.Stat(filepath.Dir(nixDaemonSocket))
+	confDir := os.Getenv("NIX_CONF_DIR")
+	if confDir == "" {
+		confDir = "/etc/nix"
+	}
+	data, _ := os.ReadFile(filepath.Join(confDir, "nix.conf"))
+	return nixBuildUsers{
+		installed: err == nil,
+		group:     buildUsersGroup(string(data)),
+		lookup:    groupMembers,
+	}
+}
+
+// buildUsersGroup returns the build-users-group a root daemon uses with
+// this nix.conf text.
+func buildUsersGroup(conf string) string {
+	group := "nixbld"
+	for _, line := range strings.Split(conf, "\n") {
+		if i := strings.IndexByte(line, '#'); i >= 0 {
+			line = line[:i]
+		}
+		k, v, found := strings.Cut(line, "=")
+		if found && strings.TrimSpace(k) == "build-users-group" {
+			group = strings.TrimSpace(v)
+		}
+	}
+	return group
+}
+
+// groupMembers counts the users whose primary or supplementary group is
+// name, from /etc/passwd and /etc/group.
+func groupMembers(name string) (bool, int) {
+	g, err := user.LookupGroup(name)
+	if err != nil {
+		return false, 0
+	}
+	members := map[string]bool{}
+	if data, err := os.ReadFile("/etc/group"); err == nil {
+		for _, line := range strings.Split(string(data), "\n") {
+			f := strings.Split(line, ":")
+			if len(f) == 4 && f[0] == name && f[3] != "" {
+				for _, m := range strings.Split(f[3], ",") {
+					members[m] = true
+				}
+			}
+		}
+	}
+	if data, err := os.ReadFile("/etc/passwd"); err == nil {
+		for _, line := range strings.Split(string(data), "\n") {
+			f := strings.Split(line, ":")
+			if len(f) >= 4 && f[3] == g.Gid {
+				members[f[0]] = true
+			}
+		}
+	}
+	return true, len(members)
+}
+
+// nixBuildUsersFix creates what Debian's nix-setup-systemd would, in one
+// line a user can paste.
+const nixBuildUsersFix = "sudo sh -c 'groupadd -f -r nixbld && for n in $(seq 1 10); do id nixbld$n >/dev/null 2>&1 || useradd -r -g nixbld -G nixbld -M -d /var/empty -s /usr/sbin/nologin nixbld$n; done'"
+
+// nixBuildUsersCheck finds a multi-user Nix whose daemon would fail every
+// build with "the group 'nixbld' specified in 'build-users-group' does not
+// exist": Debian's nix-bin installs the daemon but not its build users.
+func nixBuildUsersCheck(n nixBuildUsers) Check {
+	const name = "nix build users"
+	switch {
+	case !n.installed:
+		return ok(name, false, "no multi-user nix install; nothing to check")
+	case n.group == "":
+		return ok(name, false, "build-users-group is empty: the daemon builds as itself")
+	}
+	exists, members := n.lookup(n.group)
+	fix := nixBuildUsersFix
+	if n.group != "nixbld" {
+		fix = strings.ReplaceAll(fix, "nixbld", n.group)
+	}
+	if !exists {
+		return problem(name, false, fmt.Sprintf("the group %q that nix's build-users-group names does not exist; every flake build will fail", n.group), fix)
+	}
+	if members == 0 {
+		return problem(name, false, fmt.Sprintf("the group %q has no users; every flake build will fail", n.group), fix)
+	}
+	return ok(name, false, fmt.Sprintf("group %s with %d build users", n.group, members))
 }

@@ -182,3 +182,49 @@ func TestProbeFailureReported(t *testing.T) {
 		t.Errorf("overlay probe in a file path passed")
 	}
 }
+
+func TestNixBuildUsersCheck(t *testing.T) {
+	lookup := func(exists bool, members int) func(string) (bool, int) {
+		return func(string) (bool, int) { return exists, members }
+	}
+	cases := []struct {
+		name   string
+		n      nixBuildUsers
+		wantOK bool
+		want   string // in Detail
+		fix    string // in Fix
+	}{
+		{"no multi-user install", nixBuildUsers{installed: false, group: "nixbld", lookup: lookup(false, 0)}, true, "nothing to check", ""},
+		{"empty group", nixBuildUsers{installed: true, group: "", lookup: lookup(false, 0)}, true, "builds as itself", ""},
+		{"group missing", nixBuildUsers{installed: true, group: "nixbld", lookup: lookup(false, 0)}, false, `"nixbld"`, "groupadd -f -r nixbld"},
+		{"group without users", nixBuildUsers{installed: true, group: "nixbld", lookup: lookup(true, 0)}, false, "has no users", "useradd -r -g nixbld"},
+		{"other group missing", nixBuildUsers{installed: true, group: "builders", lookup: lookup(false, 0)}, false, `"builders"`, "groupadd -f -r builders"},
+		{"ready", nixBuildUsers{installed: true, group: "nixbld", lookup: lookup(true, 10)}, true, "10 build users", ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got := nixBuildUsersCheck(c.n)
+			if got.OK != c.wantOK || !strings.Contains(got.Detail, c.want) || !strings.Contains(got.Fix, c.fix) {
+				t.Fatalf("got %+v, want OK=%v, detail with %q, fix with %q", got, c.wantOK, c.want, c.fix)
+			}
+			if !got.OK && strings.Contains(got.Fix, "\n") {
+				t.Fatalf("fix is not one line: %q", got.Fix)
+			}
+		})
+	}
+}
+
+func TestBuildUsersGroup(t *testing.T) {
+	cases := []struct{ conf, want string }{
+		{"", "nixbld"},
+		{"sandbox = false\n", "nixbld"},
+		{"build-users-group = builders\n", "builders"},
+		{"build-users-group =\n", ""},
+		{"# build-users-group = x\nbuild-users-group = y # note\n", "y"},
+	}
+	for _, c := range cases {
+		if got := buildUsersGroup(c.conf); got != c.want {
+			t.Errorf("buildUsersGroup(%q) = %q, want %q", c.conf, got, c.want)
+		}
+	}
+}
