@@ -237,14 +237,12 @@ type nixBuildUsers struct {
 	lookup    func(group string) (exists bool, members int)
 }
 
-// hostNixConf reads what nixBuildUsersCheck needs from this machine.
+// hostNixConf reads what nixBuildUsersCheck needs from this machine. The
+// daemon reads /etc/nix/nix.conf in its own environment, so the caller's
+// NIX_CONF_DIR says nothing about it.
 func hostNixConf() nixBuildUsers {
 	_, err := os.Stat(filepath.Dir(nixDaemonSocket))
-	confDir := os.Getenv("NIX_CONF_DIR")
-	if confDir == "" {
-		confDir = "/etc/nix"
-	}
-	data, _ := os.ReadFile(filepath.Join(confDir, "nix.conf"))
+	data, _ := os.ReadFile("/etc/nix/nix.conf")
 	return nixBuildUsers{
 		installed: err == nil,
 		group:     buildUsersGroup(string(data)),
