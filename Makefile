@@ -10,7 +10,7 @@ all: build
 
 build: $(BIN)
 
-$(BIN): $(shell find . -name '*.go' -not -path './bin/*') go.mod go.sum flake.nix lectic.yaml packages.example.nix scripts/build.sh
+$(BIN): $(shell find . -name '*.go' -not -path './bin/*') go.mod go.sum flake.nix flake.lock lectic.yaml packages.example.nix scripts/build.sh
 	scripts/build.sh $@
 
 # Every test, unit and end-to-end. Integration tests build their own binary

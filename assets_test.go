@@ -103,8 +103,8 @@ let
   names = [ "bashInteractive" "coreutils" "findutils" "gnugrep" "gnused" "gawk" "git" "jq" "curl" "cacert" "util-linux" "ripgrep" "fd" "python3" ];
   pkgs = builtins.listToAttrs (map (n: { name = n; value = n; }) names) // {
     callPackage = f: args: f args;
-    go = "go"; gnumake = "gnumake"; gcc = "gcc"; nix = "nix"; zstd = "zstd"; hyperfine = "hyperfine"; bubblewrap = "bubblewrap"; podman = "podman";
-    pkgsStatic = { busybox = "/busybox"; buildGoModule = a: a // { outPath = "/nix/store/x-lectic-nix-sandbox"; }; };
+    go_1_26 = "go_1_26"; gnumake = "gnumake"; gcc = "gcc"; nix = "nix"; zstd = "zstd"; hyperfine = "hyperfine"; bubblewrap = "bubblewrap"; podman = "podman";
+    pkgsStatic = { busybox = "/busybox"; buildGo126Module = a: a // { outPath = "/nix/store/x-lectic-nix-sandbox"; }; };
     mkShell = a: a;
     runCommand = name: env: script: name;
     dockerTools = {
@@ -294,7 +294,7 @@ func TestFlakeProgramOutputs(t *testing.T) {
 	if !strings.HasPrefix(v.VendorHash, "sha256-") {
 		t.Errorf("vendorHash %q is not an SRI sha256", v.VendorHash)
 	}
-	for _, tool := range []string{"go", "gnumake", "nix", "busybox-static-only"} {
+	for _, tool := range []string{"go_1_26", "gnumake", "nix", "busybox-static-only"} {
 		if !strings.Contains(strings.Join(v.Shell, " "), tool) {
 			t.Errorf("dev shell %v lacks %s", v.Shell, tool)
 		}

@@ -9,6 +9,10 @@
 # The sandbox builds `path:<this dir>#containerImage` itself, with
 # --no-write-lock-file, and passes --nix-packages-file to this flake as
 # LECTIC_NIX_SANDBOX_EXTRA_PKGS_FILE (with --impure).
+#
+# flake.lock pins nixpkgs, so every machine with this plugin builds the same
+# image and adding a package never pulls a new nixpkgs. Move the pin with
+# `nix flake update` (then rebuild, or pass --refresh to the sandbox).
 {
   description = "Lectic nix-sandbox: rootless, warm, Nix-built sandbox for Lectic tool calls";
 
@@ -88,8 +92,13 @@
 
       # The program, fully static: it is bind-mounted into images that have
       # no libc. cgo stays on because runc's nsenter is C.
+      #
+      # go.mod asks for Go 1.26. The pinned nixpkgs (April 2026) has
+      # go_1_26 (1.26.x, added as 1.26rc1 in December 2025) and its
+      # buildGo126Module, while its default `go`/buildGoModule may still be
+      # 1.25, which refuses the module. Name the version, not the default.
       sandbox = pkgs:
-        pkgs.pkgsStatic.buildGoModule {
+        pkgs.pkgsStatic.buildGo126Module {
           pname = "lectic-nix-sandbox";
           version = self.shortRev or self.dirtyShortRev or "dev";
           src = lib.fileset.toSource {
@@ -100,7 +109,7 @@
               ./flake.nix
               ./lectic.yaml
               ./packages.example.nix
-              (lib.fileset.maybeMissing ./flake.lock)
+              ./flake.lock
               (lib.fileset.fileFilter (file: file.hasExt "go") ./.)
             ];
           };
@@ -137,7 +146,7 @@
       devShells = forAllSystems (pkgs: {
         default = pkgs.mkShell {
           packages = with pkgs; [
-            go
+            go_1_26 # the toolchain go.mod asks for, as buildGo126Module above
             gnumake
             gcc
             nix

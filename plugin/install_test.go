@@ -63,7 +63,7 @@ func TestInstallWritesThePlugin(t *testing.T) {
 	for _, name := range lecticnixsandbox.PluginFiles() {
 		want[name] = 0o600
 	}
-	for _, name := range []string{"lectic.yaml", "flake.nix", "packages.example.nix"} {
+	for _, name := range []string{"lectic.yaml", "flake.nix", "flake.lock", "packages.example.nix"} {
 		if _, ok := want[name]; !ok {
 			t.Fatalf("embedded plugin files %v lack %s", lecticnixsandbox.PluginFiles(), name)
 		}
@@ -97,6 +97,14 @@ func TestInstallWritesThePlugin(t *testing.T) {
 		if !bytes.Equal(embedded, onDisk) {
 			t.Fatalf("%s differs from the embedded copy", name)
 		}
+	}
+	// The plugin pins the nixpkgs the repository pins.
+	repoLock, err := os.ReadFile(filepath.Join("..", "flake.lock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if installed, _ := os.ReadFile(filepath.Join(dir, "flake.lock")); !bytes.Equal(installed, repoLock) {
+		t.Fatalf("installed flake.lock differs from the repository's")
 	}
 	for _, hint := range []string{"imports:\n    - plugin: nix-sandbox\n", "imports:\n    - " + dir, "lectic nix-sandbox --doctor"} {
 		if !strings.Contains(out, hint) {
