@@ -29,7 +29,11 @@
 // TTL and the build id), the timeout and the warnings to print. The
 // constructor appends the command words and sends it. The environment in a
 // ticket is the command's filtered one: the host's secrets are never
-// written down.
+// written down. The constructor applies the ticket's environment recipe to
+// each call's own environ, as oci.EnvRecipe.Build does, and names in the
+// request the variables it withheld as secrets (names, never values), so
+// the agent can report them; it prints the agent's notices as the Go
+// client does.
 //
 // # Falling back
 //

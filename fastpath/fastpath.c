@@ -257,6 +257,7 @@ static const char *describe(struct call *c)
 static const char *const config_env[] = {
 	"HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "LECTIC_CACHE", "LECTIC_DATA",
 	"LECTIC_TEMP", "TMPDIR", "USER", "LECTIC_NIX_SANDBOX_FLAKE", "PATH",
+	"LECTIC_NIX_SANDBOX_PASS_ENV",
 };
 
 static void material_prefix(struct call *c, struct sha256 *h)
@@ -634,7 +635,11 @@ static int is_internal(const struct recipe *r, const char *name, size_t n)
 	return any_upper_prefix(name, n, &r->internal_prefix);
 }
 
-/* is_blocked is EnvPolicy.blocked for an ASCII name; -1 when out of memory. */
+/*
+ * is_blocked is EnvPolicy.blocked for an ASCII name: 0 passes, 1 is dropped
+ * silently (host-only, internal), 2 is withheld as a secret, which the
+ * request reports by name (EnvPolicy.withheld); -1 when out of memory.
+ */
 static int is_blocked(const struct recipe *r, const char *name, size_t n)
 {
 	char *up;
@@ -662,7 +667,7 @@ static int is_blocked(const struct recipe *r, const char *name, size_t n)
 	if (!hit)
 		hit = any_upper_prefix(up, ulen, &r->secret_prefix);
 	free(up);
-	return hit;
+	return hit ? 2 : 0;
 }
 
 static int find_named(const struct list *l, const char *name, size_t n)
@@ -674,7 +679,9 @@ static int find_named(const struct list *l, const char *name, size_t n)
 	return -1;
 }
 
-static const char *build_env(struct call *c, const struct recipe *r, struct envmap *m)
+/* build_env is EnvRecipe.Build: the command's environment in m, and the
+ * names withheld as secrets, in environ's order, in withheld. */
+static const char *build_env(struct call *c, const struct recipe *r, struct envmap *m, struct list *withheld)
 {
 	char seen[4096] = {0};
 	int i;
@@ -702,6 +709,8 @@ static const char *build_env(struct call *c, const struct recipe *r, struct envm
 		if (find_named(&r->keep, kv, n) < 0) {
 			int b = is_blocked(r, kv, n);
 			if (b < 0)
+				return "out of memory";
+			if (b == 2 && list_add(withheld, kv))
 				return "out of memory";
 			if (b)
 				continue;
@@ -732,11 +741,13 @@ static void json_kv(struct buf *b, const struct entry *e)
 static const char *build_request(struct call *c, struct ticket *t, struct buf *req)
 {
 	struct envmap m = {0};
+	struct list withheld = {0};
 	const char *why;
 	int i;
 
-	if ((why = build_env(c, &t->env, &m))) {
+	if ((why = build_env(c, &t->env, &m, &withheld))) {
 		free(m.e);
+		free(withheld.v);
 		return why;
 	}
 	buf_str(req, t->head);
@@ -747,6 +758,22 @@ static const char *build_request(struct call *c, struct ticket *t, struct buf *r
 		json_kv(req, &m.e[i]);
 	}
 	free(m.e);
+	if (withheld.n > 0) {
+		/* names only: the entries are NAME=value, cut at the "=" */
+		buf_str(req, "],\"withheld\":[");
+		for (i = 0; i < withheld.n; i++) {
+			struct buf name = {0};
+			if (i > 0)
+				buf_add(req, ",", 1);
+			buf_add(&name, withheld.v[i], name_len(withheld.v[i]));
+			if (name.oom)
+				req->oom = 1;
+			else
+				json_string(req, name.p);
+			free(name.p);
+		}
+	}
+	free(withheld.v);
 	buf_str(req, "],\"argv\":[");
 	for (i = t->k; i < c->nargs; i++) {
 		if (i > t->k)
@@ -767,6 +794,9 @@ struct reply {
 	char type[32];
 	char reason[32];
 	char message[2048];
+	char notice[2048];
+	char missing[PATH_MAX];
+	char hint[2048 + PATH_MAX];
 	long long code, signal;
 };
 
@@ -907,6 +937,12 @@ static int parse_reply(const char *p, struct reply *r)
 			p = parse_string(p, r->reason, sizeof r->reason);
 		else if (!strcmp(key, "message"))
 			p = parse_string(p, r->message, sizeof r->message);
+		else if (!strcmp(key, "notice"))
+			p = parse_string(p, r->notice, sizeof r->notice);
+		else if (!strcmp(key, "missing"))
+			p = parse_string(p, r->missing, sizeof r->missing);
+		else if (!strcmp(key, "hint"))
+			p = parse_string(p, r->hint, sizeof r->hint);
 		else if (!strcmp(key, "code"))
 			r->code = strtoll(p, (char **)&p, 10);
 		else if (!strcmp(key, "signal"))
@@ -969,6 +1005,14 @@ static int send_signal(int fd, int sig)
 	char m[64];
 	int n = snprintf(m, sizeof m, "{\"type\":\"signal\",\"signal\":%d}", sig);
 	return send(fd, m, n, MSG_NOSIGNAL) == n ? 0 : -1;
+}
+
+/* host_has is warm.HostHas: an absolute path that exists here, on the
+ * caller's side of the sandbox. */
+static int host_has(const char *path)
+{
+	struct stat st;
+	return path[0] == '/' && stat(path, &st) == 0;
 }
 
 static void agent_died(const char *why)
@@ -1090,9 +1134,29 @@ static const char *run(struct ticket *t, struct buf *req)
 	if (!strcmp(r.type, "error") && !strcmp(r.reason, "mismatch"))
 		goto unread;
 	print_warnings(t);
+	/* As warm.call: lines the agent has to say come before the command
+	 * starts, which it does once they are acknowledged. */
+	while (!strcmp(r.type, "notice")) {
+		static const char ack[] = "{\"type\":\"noticed\"}";
+		if (r.notice[0])
+			say("lectic-nix-sandbox: %s", r.notice);
+		if (host_has(r.missing) && r.hint[0])
+			say("lectic-nix-sandbox: %s", r.hint);
+		if (send(fd, ack, sizeof ack - 1, MSG_NOSIGNAL) != (ssize_t)(sizeof ack - 1))
+			agent_died(strerror(errno));
+		got = recv_reply(fd, &r);
+		if (got == 0)
+			agent_died("connection closed before the exit status arrived");
+		if (got < 0)
+			agent_died(strerror(errno));
+	}
 	if (!strcmp(r.type, "error")) {
-		say("lectic-nix-sandbox: %s", r.message);
-		_exit(r.code > 0 && r.code < 256 ? (int)r.code : EXIT_SANDBOX);
+		int code = r.code > 0 && r.code < 256 ? (int)r.code : EXIT_SANDBOX;
+		/* as warm.call: a sandbox failure is one line, its message */
+		if (code != EXIT_SANDBOX && r.notice[0])
+			say("lectic-nix-sandbox: %s", r.notice);
+		say("lectic-nix-sandbox: %s", code != EXIT_SANDBOX && host_has(r.missing) && r.hint[0] ? r.hint : r.message);
+		_exit(code);
 	}
 	if (strcmp(r.type, "started")) {
 		say("lectic-nix-sandbox: sandbox agent answered \"%s\" to a run request", r.type);

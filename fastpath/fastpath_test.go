@@ -173,7 +173,9 @@ type fastCase struct {
 	during      func(p *os.Process)
 	wantCode    int
 	wantStderr  string
-	wantArgv    []string // nil: argv after the options
+	// wantNotStderr must not appear on stderr.
+	wantNotStderr string
+	wantArgv      []string // nil: argv after the options
 	// wantEnv names variables that must (true) or must not (false) reach
 	// the command.
 	wantEnv map[string]bool
@@ -195,6 +197,33 @@ func TestFastPath(t *testing.T) {
 			reply: exitWith(0, 0),
 			wantEnv: map[string]bool{"PER_CALL": true, "GH_TOKEN": false, "MY_PASSWORD": false, "KEEP_TOKEN": true, "SET_ME": true,
 				"XDG_RUNTIME_DIR": false, "_libcontainer_foo": false, "aws_access": false, "_LECTIC_NIX_SANDBOX_X": false, "HOME": true}},
+		{name: "withheld names, no values", argv: []string{"env"}, named: []string{"PASSED_TOKEN"},
+			env:     []string{"GITHUB_PERSONAL_ACCESS_TOKEN=ghp_abcdef", "PASSED_TOKEN=p4ss", "NPM_TOKEN=npm_xyz", "DB_PASSWORD=hunter22"},
+			reply:   exitWith(0, 0),
+			wantEnv: map[string]bool{"GITHUB_PERSONAL_ACCESS_TOKEN": false, "PASSED_TOKEN": true, "NPM_TOKEN": false}},
+		{name: "notice before the command starts", argv: []string{"python3", "/abs/tool.py"}, reply: func(t *testing.T, fd int, _ map[string]any) {
+			send(t, fd, `{"type":"notice","notice":"withheld GH_TOKEN","missing":"`+os.Args[0]+`","hint":"the script is on the host"}`)
+			if m, _, err := recvJSON(fd); err != nil || m["type"] != "noticed" {
+				t.Errorf("after a notice the agent got %v, %v; want the client's acknowledgement", m, err)
+			}
+			send(t, fd, `{"type":"started","pid":42}`)
+			send(t, fd, `{"type":"exit","code":2}`)
+		}, wantCode: 2, wantStderr: "lectic-nix-sandbox: warning: --podman-exe is ignored\nlectic-nix-sandbox: withheld GH_TOKEN\nlectic-nix-sandbox: the script is on the host\n"},
+		{name: "no hint for a path the host lacks", argv: []string{"python3", "/abs/tool.py"}, reply: func(t *testing.T, fd int, _ map[string]any) {
+			send(t, fd, `{"type":"notice","missing":"/nonexistent/tool.py","hint":"HINT"}`)
+			recvJSON(fd)
+			send(t, fd, `{"type":"started","pid":42}`)
+			send(t, fd, `{"type":"exit","code":2}`)
+		}, wantCode: 2, wantNotStderr: "HINT"},
+		{name: "agent error 127 for a host path", argv: []string{"/abs/x"}, reply: func(t *testing.T, fd int, _ map[string]any) {
+			send(t, fd, `{"type":"error","code":127,"message":"command not found: /abs/x","notice":"withheld A_TOKEN","missing":"`+os.Args[0]+`","hint":"command not found: it is on the host"}`)
+		}, wantCode: 127, wantStderr: "lectic-nix-sandbox: withheld A_TOKEN\nlectic-nix-sandbox: command not found: it is on the host\n", wantNotStderr: "/abs/x"},
+		{name: "agent error 127 for a path nowhere", argv: []string{"/abs/x"}, reply: func(t *testing.T, fd int, _ map[string]any) {
+			send(t, fd, `{"type":"error","code":127,"message":"command not found: /abs/x","missing":"/nonexistent/x","hint":"HINT"}`)
+		}, wantCode: 127, wantStderr: "lectic-nix-sandbox: command not found: /abs/x\n", wantNotStderr: "HINT"},
+		{name: "agent error 125 says one line", argv: []string{"x"}, reply: func(t *testing.T, fd int, _ map[string]any) {
+			send(t, fd, `{"type":"error","code":125,"message":"cannot start","notice":"NOTICE"}`)
+		}, wantCode: 125, wantStderr: "lectic-nix-sandbox: cannot start\n", wantNotStderr: "NOTICE"},
 		{name: "agent error 127", argv: []string{"nope"}, reply: func(t *testing.T, fd int, _ map[string]any) {
 			send(t, fd, `{"type":"error","code":127,"message":"nope: command not found \u003cin PATH\u003e"}`)
 		}, wantCode: 127, wantStderr: "lectic-nix-sandbox: nope: command not found <in PATH>\n"},
@@ -255,6 +284,7 @@ func TestFastPath(t *testing.T) {
 		{name: "another option falls back", opts: []string{"--image", "/img.tar"}, argv: []string{"--allow-net", "true"}, reply: exitWith(0, 0), wantCode: exitFellBack},
 		{name: "non-ASCII variable name falls back", argv: []string{"x"}, env: []string{"ſECRET=1"}, reply: exitWith(0, 0), wantCode: exitFellBack},
 		{name: "config variable changed falls back", argv: []string{"x"}, env: []string{"USER=someone-else"}, reply: exitWith(0, 0), wantCode: exitFellBack},
+		{name: "pass-env list changed falls back", argv: []string{"x"}, env: []string{"LECTIC_NIX_SANDBOX_PASS_ENV=GH_TOKEN"}, reply: exitWith(0, 0), wantCode: exitFellBack},
 		{name: "ticket writable by others falls back", argv: []string{"x"}, reply: exitWith(0, 0),
 			breakTicket: func(t *testing.T, dir, sock, checked string) {
 				ents, _ := os.ReadDir(dir)
@@ -308,6 +338,9 @@ func runFastCase(t *testing.T, tc fastCase) {
 	if tc.wantStderr != "" && !strings.Contains(got.stderr, tc.wantStderr) {
 		t.Errorf("stderr %q, want it to contain %q", got.stderr, tc.wantStderr)
 	}
+	if tc.wantNotStderr != "" && strings.Contains(got.stderr, tc.wantNotStderr) {
+		t.Errorf("stderr %q must not contain %q", got.stderr, tc.wantNotStderr)
+	}
 	if tc.wantCode == exitFellBack || tc.wantCode == 125 && strings.Contains(tc.wantStderr, "not taken") {
 		if strings.Contains(got.stderr, "warning:") {
 			t.Errorf("a call that fell back printed the ticket's warnings: %q", got.stderr)
@@ -338,12 +371,23 @@ func checkRequest(t *testing.T, req map[string]any, tc fastCase, recipe oci.EnvR
 	if got := strList(req["argv"]); !reflect.DeepEqual(got, wantArgv) {
 		t.Errorf("argv %q, want %q", got, wantArgv)
 	}
-	// The command's environment must be exactly what the Go client
-	// computes from the same environ.
-	want := recipe.Apply(childEnviron(tc.env))
+	// The command's environment, and the names withheld from it, must be
+	// exactly what the Go client computes from the same environ.
+	want, wantWithheld := recipe.Build(childEnviron(tc.env))
 	gotEnv := strList(req["env"])
 	if !reflect.DeepEqual(gotEnv, want) {
-		t.Errorf("env differs from EnvRecipe.Apply:\n got %q\nwant %q", gotEnv, want)
+		t.Errorf("env differs from EnvRecipe.Build:\n got %q\nwant %q", gotEnv, want)
+	}
+	if wantWithheld == nil {
+		wantWithheld = []string{}
+	}
+	if got := strList(req["withheld"]); !reflect.DeepEqual(got, wantWithheld) {
+		t.Errorf("withheld names differ from EnvRecipe.Build:\n got %q\nwant %q", got, wantWithheld)
+	}
+	for _, kv := range childEnviron(tc.env) {
+		if _, v, _ := strings.Cut(kv, "="); len(v) > 3 && strings.Contains(fmt.Sprint(req["withheld"]), v) {
+			t.Errorf("a withheld variable's value %q reached the request's withheld names", v)
+		}
 	}
 	for name, present := range tc.wantEnv {
 		found := false

@@ -1,6 +1,7 @@
 package oci
 
 import (
+	"fmt"
 	"sort"
 	"strings"
 )
@@ -90,12 +91,16 @@ func hasAnyPrefix(s string, prefixes []string) bool {
 // says, NAME=VALUE sets it (appended when the host lacks it); the last
 // value for a name wins. Output keeps environ's order.
 func FilterEnv(environ []string, named []string) []string {
-	return filterEnv(Policy(), environ, named)
+	out, _ := filterEnv(Policy(), environ, named)
+	return out
 }
 
-func filterEnv(p EnvPolicy, environ []string, named []string) []string {
+// filterEnv also returns the names it withheld as secrets (not the
+// host-only or internal ones, which mean nothing inside), in environ's
+// order: what the caller is told about, so a credential given to a tool
+// on purpose does not vanish without a word.
+func filterEnv(p EnvPolicy, environ []string, named []string) (out, withheld []string) {
 	keep, set, order := parseNamed(named)
-	var out []string
 	seen := map[string]bool{}
 	for _, kv := range environ {
 		name, _, _ := strings.Cut(kv, "=")
@@ -107,8 +112,11 @@ func filterEnv(p EnvPolicy, environ []string, named []string) []string {
 			seen[name] = true
 			continue
 		}
-		if keep[name] || !p.blocked(name) {
+		switch {
+		case keep[name] || !p.blocked(name):
 			out = append(out, kv)
+		case p.withheld(name):
+			withheld = append(withheld, name)
 		}
 	}
 	for _, name := range order {
@@ -116,7 +124,7 @@ func filterEnv(p EnvPolicy, environ []string, named []string) []string {
 			out = append(out, name+"="+set[name])
 		}
 	}
-	return out
+	return out, withheld
 }
 
 // parseNamed splits --env values into names to keep and names to set; the
@@ -143,6 +151,13 @@ func parseNamed(named []string) (keep map[string]bool, set map[string]string, or
 // blocked reports whether the policy drops name when it is not named.
 func (p EnvPolicy) blocked(name string) bool {
 	return p.isHostOnly(name) || p.isInternal(name) || p.isSecret(name)
+}
+
+// withheld reports whether a blocked name is dropped as a secret, which
+// the caller is told about; host-only and internal names are dropped
+// silently.
+func (p EnvPolicy) withheld(name string) bool {
+	return !p.isHostOnly(name) && !p.isInternal(name) && p.isSecret(name)
 }
 
 // EnvRecipe is what a command's environment is made of besides the
@@ -180,7 +195,16 @@ func NewEnvRecipe(imageEnv, named []string, home, user string) EnvRecipe {
 
 // Apply builds the command's environment from the caller's environ.
 func (r EnvRecipe) Apply(environ []string) []string {
-	return assemble(r.Pre, FilterEnv(environ, r.Named), r.Post)
+	env, _ := r.Build(environ)
+	return env
+}
+
+// Build is Apply that also returns the names of the caller's variables
+// the policy withheld as secrets, in environ's order (names only: they
+// are reported, their values never leave this process).
+func (r EnvRecipe) Build(environ []string) (env, withheld []string) {
+	filtered, withheld := filterEnv(Policy(), environ, r.Named)
+	return assemble(r.Pre, filtered, r.Post), withheld
 }
 
 // NamedSplit is the --env values as FilterEnv reads them: the names kept
@@ -221,4 +245,28 @@ func assemble(pre, filtered, post []string) []string {
 		out = append(out, n+"="+vals[n])
 	}
 	return out
+}
+
+// PassEnvVar names the variable that lists, comma-separated, host
+// variables to pass as --env NAME would. It exists for callers whose
+// sandbox line cannot be changed per tool: an MCP server spec's env: can
+// set it.
+const PassEnvVar = "LECTIC_NIX_SANDBOX_PASS_ENV"
+
+// ParsePassEnv reads a PassEnvVar value: names separated by commas,
+// spaces around them ignored, empty entries skipped.
+func ParsePassEnv(value string) ([]string, error) {
+	var names []string
+	for _, field := range strings.Split(value, ",") {
+		name := strings.TrimSpace(field)
+		if name == "" {
+			continue
+		}
+		if strings.ContainsAny(name, "= \t\n\r\x00") {
+			return nil, fmt.Errorf("%s=%q: %q is not a variable name; list names separated by commas, e.g. %s=GH_TOKEN,NPM_TOKEN",
+				PassEnvVar, value, name, PassEnvVar)
+		}
+		names = append(names, name)
+	}
+	return names, nil
 }

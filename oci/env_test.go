@@ -2,6 +2,7 @@ package oci
 
 import (
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -101,5 +102,61 @@ func TestEnvRecipeAssembly(t *testing.T) {
 				t.Errorf("assembled:\n got %q\nwant %q", got, tt.want)
 			}
 		})
+	}
+}
+
+func TestBuildReportsWithheld(t *testing.T) {
+	environ := []string{"TERM=xterm", "GH_TOKEN=ghp_value", "HOME=/h", "SSH_AUTH_SOCK=/s",
+		"_LECTIC_NIX_SANDBOX_X=1", "DB_PASSWORD=pw", "KEEP_TOKEN=k", "SET_SECRET=host", "GITHUB_PERSONAL_ACCESS_TOKEN=pat"}
+	tests := []struct {
+		name  string
+		named []string
+		want  []string
+	}{
+		{name: "secrets only, in environ order", want: []string{"GH_TOKEN", "DB_PASSWORD", "KEEP_TOKEN", "SET_SECRET", "GITHUB_PERSONAL_ACCESS_TOKEN"}},
+		{name: "named ones are not withheld", named: []string{"KEEP_TOKEN", "SET_SECRET=mine", "GITHUB_PERSONAL_ACCESS_TOKEN"},
+			want: []string{"GH_TOKEN", "DB_PASSWORD"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := NewEnvRecipe(nil, tt.named, "/home/u", "u")
+			env, withheld := r.Build(environ)
+			if !reflect.DeepEqual(withheld, tt.want) {
+				t.Errorf("withheld %q, want %q", withheld, tt.want)
+			}
+			if !reflect.DeepEqual(env, r.Apply(environ)) {
+				t.Errorf("Build's env %q differs from Apply's", env)
+			}
+			for _, name := range withheld {
+				for _, kv := range env {
+					if strings.HasPrefix(kv, name+"=") {
+						t.Errorf("%s is reported withheld but reached the env", name)
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestParsePassEnv(t *testing.T) {
+	tests := []struct {
+		value   string
+		want    []string
+		wantErr bool
+	}{
+		{value: "", want: nil},
+		{value: "GH_TOKEN", want: []string{"GH_TOKEN"}},
+		{value: " GH_TOKEN , NPM_TOKEN,,", want: []string{"GH_TOKEN", "NPM_TOKEN"}},
+		{value: "GH_TOKEN=x", wantErr: true},
+		{value: "GH TOKEN", wantErr: true},
+	}
+	for _, tt := range tests {
+		got, err := ParsePassEnv(tt.value)
+		if (err != nil) != tt.wantErr || !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("ParsePassEnv(%q) = %q, %v; want %q, error %v", tt.value, got, err, tt.want, tt.wantErr)
+		}
+		if err != nil && (!strings.Contains(err.Error(), PassEnvVar) || strings.Contains(err.Error(), "\n")) {
+			t.Errorf("error %q must be one line naming %s", err, PassEnvVar)
+		}
 	}
 }

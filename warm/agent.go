@@ -72,6 +72,9 @@ type agent struct {
 
 	helpersMu sync.Mutex
 	helpers   map[helperKey]*helper
+
+	noticeMu  sync.Mutex
+	reported  map[string]bool // withheld names this container has reported
 	isHelper  bool
 	onStart   func(id int64, pid int) // a helper tells its agent which group to kill if it dies
 	agentGone func() bool             // a helper's check that its agent still lives
@@ -125,6 +128,7 @@ func newAgent(build string, ttl time.Duration, oneShot bool) *agent {
 		ttl:      ttl,
 		idleFrom: now,
 		helpers:  make(map[helperKey]*helper),
+		reported: make(map[string]bool),
 	}
 }
 
@@ -287,14 +291,27 @@ func (a *agent) handleRun(c conn, m *message, fds []int) {
 		a.end()
 		return
 	}
+	if !a.isHelper {
+		// The agent decides what this container has said; a helper
+		// relays the notice its agent put in the forwarded request.
+		m.Notice = a.withheldNotice(m.Withheld)
+	}
 	if h := a.helperFor(m.User); h != nil && h.serve(c, m, fds) {
 		a.end()
 		return
 	}
-	p, cerr := a.start(m, fds)
+	p, cerr := a.start(c, m, fds)
 	closeAll(fds) // the command has its own copies
+	if cerr == errClientGone {
+		a.end()
+		return
+	}
 	if cerr != nil {
-		_ = c.send(&message{Type: msgError, Code: cerr.code, Message: cerr.msg})
+		reply := &message{Type: msgError, Code: cerr.code, Message: cerr.msg, Notice: m.Notice}
+		if cerr.code == 127 {
+			reply.Missing, reply.Hint = missingCommand(m.Argv, cerr.msg)
+		}
+		_ = c.send(reply)
 		a.end()
 		return
 	}
@@ -352,8 +369,30 @@ func (a *agent) relay(c conn, p *proc, done chan<- struct{}) {
 	}
 }
 
+// errClientGone means the client went away before its command started.
+var errClientGone = &cmdError{125, "the client went away"}
+
+// noticeTimeout bounds the wait for a client to print a notice.
+const noticeTimeout = 30 * time.Second
+
+// tell has the client print n's lines before the command starts, so they
+// come first on the caller's stderr and are never split by the command's
+// own output; nothing to say costs nothing. false means the client went
+// away, and the command must not start.
+func tell(c conn, n *message) bool {
+	if n.Notice == "" && n.Missing == "" {
+		return true
+	}
+	if c.setTimeout(noticeTimeout) != nil || c.send(n) != nil {
+		return false
+	}
+	m, fds, err := c.recv()
+	closeAll(fds)
+	return err == nil && m.Type == msgNoticed && c.setTimeout(0) == nil
+}
+
 // start resolves and starts the command of a run request.
-func (a *agent) start(m *message, fds []int) (*proc, *cmdError) {
+func (a *agent) start(c conn, m *message, fds []int) (*proc, *cmdError) {
 	user := UserSpec{Mode: "caller"}
 	if m.User != nil {
 		user = *m.User
@@ -361,6 +400,10 @@ func (a *agent) start(m *message, fds []int) (*proc, *cmdError) {
 	spec, cerr := prepare(m.Argv, m.Env, m.Cwd, user)
 	if cerr != nil {
 		return nil, cerr
+	}
+	missing, hint := missingScript(m.Argv)
+	if !tell(c, &message{Type: msgNotice, Notice: m.Notice, Missing: missing, Hint: hint}) {
+		return nil, errClientGone
 	}
 	spec.files = [3]int{fds[0], fds[1], fds[2]}
 	p, err := a.reaper.spawn(spec)

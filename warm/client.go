@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"strings"
 	"syscall"
 	"time"
 
@@ -28,8 +29,12 @@ const (
 type Request struct {
 	Argv []string
 	Env  []string // the command's whole environment (oci.EnvRecipe.Apply); its PATH resolves Argv[0]
-	Cwd  string   // in-container path; "" means /
-	User UserSpec
+	// Withheld names the caller's variables the environment policy kept
+	// back as secrets (oci.EnvRecipe.Build): names only. The container
+	// reports each name once, on the caller's stderr.
+	Withheld []string
+	Cwd      string // in-container path; "" means /
+	User     UserSpec
 	// Stdin, Stdout and Stderr are passed to the command as they are (no
 	// copying). nil means this process's own.
 	Stdin, Stdout, Stderr *os.File
@@ -198,6 +203,22 @@ func call(c conn, s Spec, r Request) (int, error) {
 	}
 	reply, fds2, err := c.recv()
 	closeAll(fds2)
+	for err == nil && reply.Type == msgNotice {
+		// Printed before the command starts, and acknowledged so that
+		// it starts only then.
+		say(stdio[2], reply.Notice)
+		if reply.Missing != "" && reply.Hint != "" && HostHas(reply.Missing) {
+			say(stdio[2], reply.Hint)
+		}
+		if err = c.send(&message{Type: msgNoticed}); err != nil {
+			return exitSandbox, agentDied(err)
+		}
+		reply, fds2, err = c.recv()
+		closeAll(fds2)
+		if errors.Is(err, unix.ECONNRESET) {
+			return exitSandbox, agentDied(err)
+		}
+	}
 	switch {
 	case errors.Is(err, unix.ECONNRESET):
 		// The agent never read the request (it exited with the request
@@ -214,7 +235,12 @@ func call(c conn, s Spec, r Request) (int, error) {
 	case reply.Type == msgError && reply.Code == exitSandbox:
 		return exitSandbox, errors.New(reply.Message)
 	case reply.Type == msgError:
-		fmt.Fprintln(stdio[2], "lectic-nix-sandbox: "+reply.Message)
+		say(stdio[2], reply.Notice)
+		if reply.Missing != "" && reply.Hint != "" && HostHas(reply.Missing) {
+			say(stdio[2], reply.Hint)
+		} else {
+			say(stdio[2], reply.Message)
+		}
 		return reply.Code, nil
 	case reply.Type != msgStarted:
 		return exitSandbox, fmt.Errorf("sandbox agent answered %q to a run request", reply.Type)
@@ -225,13 +251,25 @@ func call(c conn, s Spec, r Request) (int, error) {
 // runMessage is the run request for r; r.User is already resolved.
 func runMessage(s Spec, r Request) *message {
 	ttl := int64(s.TTL / time.Second)
-	return &message{Type: msgRun, Proto: Proto, Build: s.BuildID, Argv: r.Argv, Env: r.Env, Cwd: r.Cwd, User: &r.User, TTLSeconds: &ttl}
+	return &message{Type: msgRun, Proto: Proto, Build: s.BuildID, Argv: r.Argv, Env: r.Env, Withheld: r.Withheld,
+		Cwd: r.Cwd, User: &r.User, TTLSeconds: &ttl}
+}
+
+// lineBreaks keeps a line one line, as fastpath.c's reply parser does.
+var lineBreaks = strings.NewReplacer("\n", " ", "\r", " ", "\t", " ")
+
+// say writes one line of the sandbox's own on w, in one write so that it
+// is never split by the command's output; "" says nothing.
+func say(w io.Writer, line string) {
+	if line != "" {
+		_, _ = io.WriteString(w, "lectic-nix-sandbox: "+lineBreaks.Replace(line)+"\n")
+	}
 }
 
 // FastRequest is what a fast-path ticket for s and r holds: the agent's
-// socket and the run message exactly as Run would send it, without env and
-// argv (the fast path appends, for each call, its environment and command
-// words).
+// socket and the run message exactly as Run would send it, without env,
+// withheld names and argv (the fast path appends, for each call, its
+// environment, the names it withheld and the command words).
 func FastRequest(tempRoot string, s Spec, r Request) (sock string, msg []byte, err error) {
 	if s.OneShot {
 		return "", nil, errors.New("a one-shot call has no fast path")
@@ -239,7 +277,7 @@ func FastRequest(tempRoot string, s Spec, r Request) (sock string, msg []byte, e
 	if sock, err = resolve(tempRoot, &s, &r); err != nil {
 		return "", nil, err
 	}
-	r.Argv, r.Env = nil, nil
+	r.Argv, r.Env, r.Withheld = nil, nil, nil
 	msg, err = json.Marshal(runMessage(s, r))
 	if err != nil {
 		return "", nil, fmt.Errorf("encode the run request: %w", err)

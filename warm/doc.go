@@ -12,7 +12,14 @@
 // JSON "run" message with its fds 0, 1 and 2 attached (SCM_RIGHTS): the
 // command writes straight to the caller's stdout. The agent answers
 // "started" or "error" (125 sandbox, 126 not executable, 127 not found),
-// then "exit". The client forwards SIGINT, SIGTERM and SIGHUP as "signal"
+// then "exit". When it has something to tell the caller first, it sends
+// "notice" before the command starts and starts it once the client has
+// printed the lines and answered "noticed": the names of variables the
+// client withheld as secrets (each said once per container), and an
+// absolute path the command names that the container lacks (a script an
+// interpreter was given; for argv[0] the 127 error carries it), which only
+// the client can check on the host before it shows the bind that would
+// make it visible. The client forwards SIGINT, SIGTERM and SIGHUP as "signal"
 // messages and sends SIGKILL when Request.Timeout expires (exit 124). When
 // the client's connection closes before the command ends (the client died,
 // even by SIGKILL) the agent kills the command's process group. "status"

@@ -32,6 +32,11 @@ const (
 	msgStatus  = "status"
 	msgStop    = "stop"
 	msgDone    = "done" // helper -> agent: a delegated request is over
+	// msgNotice (agent -> client, before the command starts) carries
+	// lines for the caller's stderr; the client prints them and answers
+	// msgNoticed, and only then does the command start.
+	msgNotice  = "notice"
+	msgNoticed = "noticed"
 )
 
 // reasonMismatch marks an error reply that means "this agent speaks another
@@ -66,6 +71,11 @@ type message struct {
 	User       *UserSpec `json:"user,omitempty"`
 	TTLSeconds *int64    `json:"ttl_seconds,omitempty"`
 
+	// Withheld (run) names the caller's variables the client kept back
+	// as secrets: names only, never values. The agent reports each name
+	// once per container, in Notice.
+	Withheld []string `json:"withheld,omitempty"`
+
 	// ID names a request the agent delegated to an identity helper.
 	ID int64 `json:"id,omitempty"`
 
@@ -75,6 +85,15 @@ type message struct {
 	Signal  int    `json:"signal,omitempty"`
 	Message string `json:"message,omitempty"`
 	Reason  string `json:"reason,omitempty"`
+
+	// notice, error: Notice is a line the client prints before anything
+	// else. Missing is an absolute path the command names that the
+	// container does not have; when the caller's host has it, the client
+	// prints Hint (for an error: instead of Message), which says how to
+	// make it visible. Only the host side can tell whether it exists there.
+	Notice  string `json:"notice,omitempty"`
+	Missing string `json:"missing,omitempty"`
+	Hint    string `json:"hint,omitempty"`
 
 	// status reply
 	Status *agentStatus `json:"status,omitempty"`

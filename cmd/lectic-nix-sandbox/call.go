@@ -62,19 +62,32 @@ func runInSandbox(ctx context.Context, c sandboxCall) (int, error) {
 	// resolves it then (a read-only copy in the cache), keeping the warm
 	// path free of file copies.
 	spec.CacheRoot = c.roots.cache
-	recipe := oci.NewEnvRecipe(c.image.img.Config.Env, c.opts.env, target, userName(userSpec, c.caller))
+	recipe := oci.NewEnvRecipe(c.image.img.Config.Env, c.named, target, userName(userSpec, c.caller))
+	env, withheld := recipe.Build(os.Environ())
 	req := warm.Request{
-		Argv:    c.argv,
-		Env:     recipe.Apply(os.Environ()),
-		Cwd:     c.workdir,
-		User:    userSpec,
-		Timeout: time.Duration(c.opts.timeout * float64(time.Second)),
+		Argv:     c.argv,
+		Env:      env,
+		Withheld: withheld,
+		Cwd:      c.workdir,
+		User:     userSpec,
+		Timeout:  time.Duration(c.opts.timeout * float64(time.Second)),
 	}
 	if c.fast != nil {
 		spec.TicketDir = c.fast.dir
 		c.fast.write(c, spec, req, recipe)
 	}
 	return warm.Run(ctx, c.roots.temp, spec, req)
+}
+
+// namedEnv is the --env values after the names LECTIC_NIX_SANDBOX_PASS_ENV
+// lists, which are kept from the host as --env NAME keeps them; an --env
+// NAME=VALUE for the same name still sets it.
+func namedEnv(flags []string) ([]string, error) {
+	pass, err := oci.ParsePassEnv(os.Getenv("LECTIC_NIX_SANDBOX_PASS_ENV"))
+	if err != nil {
+		return nil, err
+	}
+	return append(pass, flags...), nil
 }
 
 // warmKeyParts lists everything that shapes the container. Anything per

@@ -156,6 +156,10 @@ func commandArgv(o options, img *nixload.Image) ([]string, error) {
 }
 
 func runCommand(ctx context.Context, args []string, o options, r roots, stderr io.Writer) (int, error) {
+	named, err := namedEnv(o.env)
+	if err != nil {
+		return 0, err
+	}
 	fast := fastCallFor(args, o, r, stderr)
 	workdir, err := resolveWorkdir(o.workdir)
 	if err != nil {
@@ -183,7 +187,7 @@ func runCommand(ctx context.Context, args []string, o options, r roots, stderr i
 	}
 	return runInSandbox(ctx, sandboxCall{
 		opts: o, roots: r, image: choice, workdir: workdir, home: home,
-		volumes: vols, argv: argv, caller: currentCaller(), stderr: stderr, fast: fast,
+		volumes: vols, argv: argv, named: named, caller: currentCaller(), stderr: stderr, fast: fast,
 	})
 }
 
@@ -195,6 +199,7 @@ type sandboxCall struct {
 	home    string
 	volumes []oci.Volume
 	argv    []string
+	named   []string // --env values, after the names LECTIC_NIX_SANDBOX_PASS_ENV lists
 	caller  caller
 	stderr  io.Writer
 	fast    *fastCall // nil: no fast-path ticket for this call
