@@ -47,6 +47,9 @@ extern char **environ;
 #define MAX_TICKET (1 << 20)
 #define MAX_MESSAGE (256 << 10)
 #define MAX_SOCKET 107
+/* The range of --timeout (flagvalue.MinTimeout, MaxTimeout); 0 is none. */
+#define MIN_TIMEOUT_NS 1000000LL
+#define MAX_TIMEOUT_NS (365LL * 24 * 3600 * 1000000000LL)
 #define EXIT_TIMEOUT 124
 #define EXIT_SANDBOX 125
 
@@ -455,6 +458,23 @@ static const char *open_ticket(struct call *c, struct ticket *t)
 	return NULL;
 }
 
+/* parse_timeout reads a ticket's timeout: 0 (none) or a whole number of
+ * nanoseconds in the range the Go side accepts, in plain decimal. */
+static int parse_timeout(const char *s, long long *ns)
+{
+	char *end;
+	long long v;
+
+	if (*s < '0' || *s > '9')
+		return -1;
+	errno = 0;
+	v = strtoll(s, &end, 10);
+	if (errno || *end || (v != 0 && (v < MIN_TIMEOUT_NS || v > MAX_TIMEOUT_NS)))
+		return -1;
+	*ns = v;
+	return 0;
+}
+
 /* stat_state formats a stat as ticket.go's stateOf does. */
 static int stat_state(const char *kind, const char *path, char *out, size_t len)
 {
@@ -507,7 +527,8 @@ static const char *check_ticket(struct ticket *t)
 		} else if (!strcmp(p, "head")) {
 			t->head = sp + 1;
 		} else if (!strcmp(p, "timeout_ns")) {
-			t->timeout_ns = strtoll(sp + 1, NULL, 10);
+			if (parse_timeout(sp + 1, &t->timeout_ns))
+				return "the ticket's timeout is out of range";
 		} else if (!strcmp(p, "check")) {
 			char *kind = sp + 1, *want, *path;
 			want = strchr(kind, ' ');
@@ -1040,18 +1061,23 @@ static void follow(int fd, int sfd, long long timeout_ns)
 		int wait = -1, got;
 		if (deadline && !timed_out) {
 			long long left = deadline - now_ns();
-			wait = left <= 0 ? 0 : (int)((left + 999999) / 1000000);
+			if (left <= 0) {
+				timed_out = 1;
+				send_signal(fd, SIGKILL);
+				continue;
+			}
+			/* poll takes an int of ms: a long timeout is waited
+			 * for in pieces. */
+			left = (left + 999999) / 1000000;
+			wait = left > INT_MAX ? INT_MAX : (int)left;
 		}
 		got = poll(pf, 2, wait);
 		if (got < 0 && errno == EINTR)
 			continue;
 		if (got < 0)
 			agent_died(strerror(errno));
-		if (got == 0) {
-			timed_out = 1;
-			send_signal(fd, SIGKILL);
+		if (got == 0)
 			continue;
-		}
 		if (pf[1].revents & POLLIN) {
 			struct signalfd_siginfo si;
 			if (read(sfd, &si, sizeof si) == sizeof si)

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -16,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/flagvalue"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/oci"
 )
 
@@ -434,4 +436,71 @@ func strList(v any) []string {
 		out = append(out, str)
 	}
 	return out
+}
+
+// TestTicketTimeoutRange ties fastpath.c's range for a ticket's timeout to
+// the one --timeout accepts (flagvalue): the constructor serves a ticket
+// whose timeout_ns the Go side would accept as a duration, and falls back
+// on any other, however it is spelled.
+func TestTicketTimeoutRange(t *testing.T) {
+	minNs, maxNs := flagvalue.MinTimeout.Nanoseconds(), flagvalue.MaxTimeout.Nanoseconds()
+	values := []string{"0", strconv.FormatInt(minNs, 10), strconv.FormatInt(maxNs, 10),
+		strconv.FormatInt(minNs-1, 10), strconv.FormatInt(maxNs+1, 10), "1", "-1", "-1000000",
+		"+1000000", " 1000000", "1000000 ", "1e9", "0x100000", "9223372036854775807", "99999999999999999999", ""}
+	for _, v := range values {
+		t.Run(strconv.Quote(v), func(t *testing.T) {
+			goAccepts := v == "0"
+			if ns, err := strconv.ParseInt(v, 10, 64); err == nil && strconv.FormatInt(ns, 10) == v && ns != 0 {
+				_, derr := flagvalue.Duration("--timeout", strconv.FormatInt(ns, 10)+"ns", flagvalue.MinTimeout, flagvalue.MaxTimeout)
+				goAccepts = derr == nil
+			}
+			tc := fastCase{argv: []string{"true"}, reply: exitWith(0, 0), env: []string{ModeEnv + "=require"},
+				timeout: time.Second, breakTicket: func(t *testing.T, dir, sock, checked string) {
+					rewriteRecord(t, dir, "timeout_ns", v)
+				}}
+			if goAccepts {
+				tc.wantCode = 0
+			} else {
+				tc.wantCode, tc.wantStderr = 125, "the fast path was not taken: the ticket's timeout is out of range"
+			}
+			runFastCase(t, tc)
+		})
+	}
+}
+
+// TestLongTimeout: a timeout longer than poll's int of milliseconds
+// (2^31 ms is about 25 days) is not cut short.
+func TestLongTimeout(t *testing.T) {
+	runFastCase(t, fastCase{argv: []string{"sleep", "1"}, timeout: (1<<32 + 50) * time.Millisecond,
+		reply: func(t *testing.T, fd int, _ map[string]any) {
+			send(t, fd, `{"type":"started","pid":1}`)
+			time.Sleep(500 * time.Millisecond)
+			send(t, fd, `{"type":"exit","code":0}`)
+		}, wantCode: 0})
+}
+
+// rewriteRecord sets every record tagged tag in the tickets under dir to
+// value.
+func rewriteRecord(t *testing.T, dir, tag, value string) {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		p := filepath.Join(dir, e.Name())
+		data, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs := strings.Split(string(data), "\x00")
+		for i, r := range recs {
+			if strings.HasPrefix(r, tag+" ") {
+				recs[i] = tag + " " + value
+			}
+		}
+		if err := os.WriteFile(p, []byte(strings.Join(recs, "\x00")), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/flagvalue"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/oci"
 )
 
@@ -200,6 +201,10 @@ func encode(t Ticket) ([]byte, error) {
 	req := bytes.TrimSpace(t.Request)
 	if len(req) < 2 || req[0] != '{' || req[len(req)-1] != '}' || bytes.Equal(req, []byte("{}")) {
 		return nil, errors.New("fast path: the request is not a non-empty JSON object")
+	}
+	if t.Timeout != 0 && (t.Timeout < flagvalue.MinTimeout || t.Timeout > flagvalue.MaxTimeout) {
+		// fastpath.c would refuse the ticket on every call.
+		return nil, fmt.Errorf("fast path: timeout %v is outside %v..%v", t.Timeout, flagvalue.MinTimeout, flagvalue.MaxTimeout)
 	}
 	var b bytes.Buffer
 	rec := func(s string) error {

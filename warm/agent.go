@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"runtime/debug"
 	"strconv"
@@ -82,8 +83,8 @@ type agent struct {
 
 func newAgentFromEnv() (*agent, error) {
 	ttl, err := strconv.ParseInt(os.Getenv(envTTL), 10, 64)
-	if err != nil && os.Getenv(envTTL) != "" {
-		return nil, fmt.Errorf("bad %s=%q: %w", envTTL, os.Getenv(envTTL), err)
+	if (err != nil || ttl < 0 || ttl > maxTTLSeconds) && os.Getenv(envTTL) != "" {
+		return nil, fmt.Errorf("bad %s=%q: want whole seconds from 0 to %d", envTTL, os.Getenv(envTTL), maxTTLSeconds)
 	}
 	if _, err := unix.FcntlInt(uintptr(listenFD), unix.F_GETFD, 0); err != nil {
 		return nil, fmt.Errorf("no listening socket at fd %d: %w", listenFD, err)
@@ -238,11 +239,19 @@ func (a *agent) end() {
 	a.mu.Unlock()
 }
 
+// setTTL takes a request's TTL. A value that is negative or would
+// overflow a time.Duration is no TTL the client could have meant: ignored.
 func (a *agent) setTTL(seconds int64) {
+	if seconds < 0 || seconds > maxTTLSeconds {
+		return
+	}
 	a.mu.Lock()
 	a.ttl = time.Duration(seconds) * time.Second
 	a.mu.Unlock()
 }
+
+// maxTTLSeconds is the largest TTL a time.Duration holds.
+const maxTTLSeconds = int64(math.MaxInt64 / time.Second)
 
 func (a *agent) status() *agentStatus {
 	a.mu.Lock()

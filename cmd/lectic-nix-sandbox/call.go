@@ -70,7 +70,7 @@ func runInSandbox(ctx context.Context, c sandboxCall) (int, error) {
 		Withheld: withheld,
 		Cwd:      c.workdir,
 		User:     userSpec,
-		Timeout:  time.Duration(c.opts.timeout * float64(time.Second)),
+		Timeout:  c.opts.timeout,
 	}
 	if c.fast != nil {
 		spec.TicketDir = c.fast.dir

@@ -2,8 +2,10 @@ package main
 
 import (
 	"fmt"
-	"strconv"
 	"strings"
+	"time"
+
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/flagvalue"
 )
 
 // options is everything the command line can say. Parsing fills it and
@@ -20,7 +22,7 @@ type options struct {
 	image        string
 	flake        string
 	env          []string
-	timeout      float64
+	timeout      time.Duration
 	user         string
 	refresh      bool
 	nixExe       string
@@ -59,6 +61,10 @@ type flagSpec struct {
 
 const defaultWarmTTL = 900
 
+// maxWarmTTL is a year: a TTL is a whole number of seconds that must fit a
+// time.Duration; 0 already means never.
+const maxWarmTTL = int64(flagvalue.Year / time.Second)
+
 func defaultOptions() options {
 	return options{keepWarm: true, warmTTL: defaultWarmTTL, user: "caller"}
 }
@@ -83,11 +89,11 @@ var flagTable = []flagSpec{
 	{names: []string{"--keep-warm"}, apply: func(o *options, _, _ string) error { o.keepWarm = true; return nil }},
 	{names: []string{"--no-keep-warm"}, apply: func(o *options, _, _ string) error { o.keepWarm = false; return nil }},
 	{names: []string{"--warm-ttl-seconds"}, takesValue: true, apply: func(o *options, n, v string) error {
-		ttl, err := strconv.Atoi(v)
-		if err != nil || ttl < 0 {
-			return usagef("%s %q: want a whole number of seconds, 0 for no expiry", n, v)
+		ttl, err := flagvalue.Int(n, v, 0, maxWarmTTL, "seconds")
+		if err != nil {
+			return &usageError{err.Error()}
 		}
-		o.warmTTL = ttl
+		o.warmTTL = int(ttl)
 		return nil
 	}},
 	{names: []string{"--nix-packages-file"}, takesValue: true, apply: func(o *options, _, v string) error { o.packagesFile = v; return nil }},
@@ -102,9 +108,9 @@ var flagTable = []flagSpec{
 		return nil
 	}},
 	{names: []string{"--timeout"}, takesValue: true, apply: func(o *options, n, v string) error {
-		t, err := strconv.ParseFloat(v, 64)
-		if err != nil || t <= 0 {
-			return usagef("%s %q: want a positive number of seconds", n, v)
+		t, err := flagvalue.Duration(n, v, flagvalue.MinTimeout, flagvalue.MaxTimeout)
+		if err != nil {
+			return &usageError{err.Error()}
 		}
 		o.timeout = t
 		return nil
@@ -216,7 +222,9 @@ Sandbox:
       --user MODE              caller (default: your own uid/gid, no capabilities),
                                root, image (the image's User), NAME or UID[:GID]
       --env NAME[=VALUE]       pass NAME from the host, or set it (repeatable)
-      --timeout SECONDS        kill the command after SECONDS (exit 124)
+      --timeout DURATION       kill the command after DURATION (exit 124): seconds
+                               (30, 0.5) or with a unit (250ms, 2m, 1h30m), 1ms to
+                               1 year
 Image:
       --image PATH|host        image archive, OCI layout or streamLayeredImage script;
                                "host" is a read-only view of this machine's system
@@ -229,7 +237,7 @@ Warm containers:
       --keep-warm              keep the container for later calls (default)
       --no-keep-warm           one container for this call only, removed after it
       --warm-ttl-seconds N     stop an idle warm container after N s (default 900;
-                               0 = never)
+                               0 = never; at most 31536000, a year)
 Management:
       --doctor                 check this machine and explain how to fix problems
       --list [--json]          list warm containers

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"reflect"
 	"testing"
+	"time"
 )
 
 func TestParseArgs(t *testing.T) {
@@ -53,11 +54,19 @@ func TestParseArgs(t *testing.T) {
 				o.optWords, o.terminated = 3, true
 			}},
 		{name: "timeout", args: []string{"--timeout", "1.5", "sleep", "9"},
-			want: func(o *options) { o.timeout = 1.5; o.command = []string{"sleep", "9"}; o.optWords = 2 }},
+			want: func(o *options) {
+				o.timeout = 1500 * time.Millisecond
+				o.command = []string{"sleep", "9"}
+				o.optWords = 2
+			}},
 		{name: "unknown option", args: []string{"--frobnicate", "ls"}, wantErr: "unknown option --frobnicate (see --help)"},
 		{name: "missing value", args: []string{"--image"}, wantErr: "--image needs a value (see --help)"},
-		{name: "bad ttl", args: []string{"--warm-ttl-seconds", "-3", "true"}, wantErr: `--warm-ttl-seconds "-3": want a whole number of seconds, 0 for no expiry (see --help)`},
-		{name: "bad timeout", args: []string{"--timeout", "soon", "true"}, wantErr: `--timeout "soon": want a positive number of seconds (see --help)`},
+		{name: "bad ttl", args: []string{"--warm-ttl-seconds", "-3", "true"}, wantErr: `--warm-ttl-seconds "-3": want a whole number of seconds from 0 to 31536000 (see --help)`},
+		{name: "ttl past a year", args: []string{"--warm-ttl-seconds", "9223372037", "true"}, wantErr: `--warm-ttl-seconds "9223372037": want a whole number of seconds from 0 to 31536000 (see --help)`},
+		{name: "timeout as a duration", args: []string{"--timeout=2m", "true"},
+			want: func(o *options) { o.timeout = 2 * time.Minute; o.command = []string{"true"}; o.optWords = 1 }},
+		{name: "bad timeout", args: []string{"--timeout", "soon", "true"}, wantErr: `--timeout "soon": want a duration from 1ms to 1 year, in seconds (30, 0.5) or with a unit (250ms, 2m, 1h30m) (see --help)`},
+		{name: "NaN timeout", args: []string{"--timeout", "NaN", "true"}, wantErr: `--timeout "NaN": want a duration from 1ms to 1 year, in seconds (30, 0.5) or with a unit (250ms, 2m, 1h30m) (see --help)`},
 		{name: "bad env", args: []string{"--env", "=x", "true"}, wantErr: `--env "=x": want NAME or NAME=VALUE (see --help)`},
 		{name: "value on a switch", args: []string{"--allow-net=yes", "true"}, wantErr: "--allow-net takes no value (see --help)"},
 		{name: "two actions", args: []string{"--list", "--gc"}, wantErr: "--gc cannot be combined with --list (see --help)"},
