@@ -27,7 +27,7 @@
       # NAR hash of `go mod vendor`. Print it with scripts/vendor-hash.sh,
       # update it with scripts/vendor-hash.sh --write; a test fails when it
       # is stale.
-      vendorHash = "sha256-zACKOFQbUPS074eoWrm1NH2zI8HqrdWBS9Frwemi8TA=";
+      vendorHash = "sha256-OIQA5iNkIhi7v8kqTWsxXJspuqfSbeOGrxWElxELH9Y=";
 
       # What every image contains.
       basePackages = pkgs: with pkgs; [

@@ -1,0 +1,287 @@
+package netfwd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/netpolicy"
+)
+
+// dialTimeout bounds connecting to a server on the host side, all of its
+// addresses together.
+const dialTimeout = 30 * time.Second
+
+// Words that start a refusal line.
+const (
+	verbBlocked = "blocked connection to"
+	verbFailed  = "could not connect to"
+	verbUDP     = "blocked UDP to"
+)
+
+// failure is a connection that is not made: the words for the caller's
+// line, and how a proxy client is told (see request.fail).
+type failure struct {
+	verb   string
+	reason string
+	socks  byte // SOCKS5 reply code
+}
+
+func blocked(reason string) *failure {
+	return &failure{verb: verbBlocked, reason: reason, socks: socksNotAllowed}
+}
+
+// request is one connection a command wants made.
+type request struct {
+	client *net.TCPConn
+	host   netpolicy.Host
+	port   uint16
+	proxy  proxyKind
+	// prelude goes to the server first (a proxied HTTP request's head);
+	// pending are bytes the client sent after its proxy request.
+	prelude, pending []byte
+}
+
+// forwardConn serves a connection the routes captured: its destination is
+// the address it was accepted on.
+func (n *Net) forwardConn(c *net.TCPConn) {
+	dst := addrPortOf(c.LocalAddr())
+	host, known := n.names.hostOf(dst.Addr())
+	req := &request{client: c, host: host, port: dst.Port()}
+	switch {
+	case dst.Addr().Unmap().IsLoopback():
+		n.refuse(req, blocked(fmt.Sprintf("the sandbox's own loopback; to reach the host's, name it: --add-host NAME:%s --allow-domain NAME:%d", dst.Addr().Unmap(), dst.Port())))
+	case !known:
+		n.refuse(req, blocked("an address the sandbox's DNS did not hand out; connect by name"))
+	default:
+		n.connect(req)
+	}
+}
+
+// connect applies the policy to req, makes the connection on the host side
+// and joins the two.
+func (n *Net) connect(req *request) {
+	if v := n.policy.Check(req.host, req.port); !v.Allowed {
+		n.refuse(req, blocked(v.Reason))
+		return
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, dialTimeout)
+	defer cancel()
+	addrs, f := n.resolve(ctx, req.host)
+	if f != nil {
+		n.refuse(req, f)
+		return
+	}
+	server, err := dialAny(ctx, addrs, req.port)
+	if err != nil {
+		n.refuse(req, dialFailure(err))
+		return
+	}
+	n.join(req, server)
+}
+
+// join completes the proxy handshake, if any, and splices the connection.
+func (n *Net) join(req *request, server *net.TCPConn) {
+	if !n.track(server) {
+		server.Close()
+		return
+	}
+	defer n.untrack(server)
+	if err := req.established(server); err != nil {
+		return
+	}
+	splice(req.client, server)
+}
+
+// resolve returns the addresses to try for h: an address as it is, the
+// --add-host address of a name, or the name's public addresses on the host.
+func (n *Net) resolve(ctx context.Context, h netpolicy.Host) ([]netip.Addr, *failure) {
+	if h.IsAddr() {
+		return []netip.Addr{h.Addr}, nil
+	}
+	if a, ok := n.policy.HostAddr(h.Name); ok {
+		return []netip.Addr{a}, nil
+	}
+	all, err := n.resolver.LookupNetIP(ctx, "ip", h.Name)
+	if err != nil {
+		var de *net.DNSError
+		if errors.As(err, &de) && de.IsNotFound {
+			return nil, &failure{verb: verbFailed, reason: "no such host", socks: socksHostUnreachable}
+		}
+		return nil, &failure{verb: verbFailed, reason: "host lookup failed: " + shortErr(err), socks: socksHostUnreachable}
+	}
+	var public []netip.Addr
+	var bad netip.Addr
+	var kind string
+	for _, a := range all {
+		a = a.Unmap()
+		k := netpolicy.Classify(a)
+		switch {
+		case k == "":
+			public = append(public, a)
+		case !bad.IsValid():
+			bad, kind = a, k
+		}
+	}
+	if len(public) == 0 {
+		if !bad.IsValid() {
+			return nil, &failure{verb: verbFailed, reason: "no such host", socks: socksHostUnreachable}
+		}
+		return nil, blocked(fmt.Sprintf("%s resolves to %s, a %s address; to allow it, map the name explicitly with --add-host %s:%s", h.Name, bad, kind, h.Name, bad))
+	}
+	return public, nil
+}
+
+// dialAny connects to the first address that answers.
+func dialAny(ctx context.Context, addrs []netip.Addr, port uint16) (*net.TCPConn, error) {
+	var d net.Dialer
+	var first error
+	for _, a := range addrs {
+		c, err := d.DialContext(ctx, "tcp", netip.AddrPortFrom(a, port).String())
+		if err == nil {
+			return c.(*net.TCPConn), nil
+		}
+		if first == nil {
+			first = err
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, first
+}
+
+// dialFailure words a failed connect for the caller.
+func dialFailure(err error) *failure {
+	f := &failure{verb: verbFailed, reason: shortErr(err), socks: socksFailure}
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		f.reason, f.socks = "connection refused", socksRefused
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, syscall.ETIMEDOUT), errors.Is(err, os.ErrDeadlineExceeded):
+		f.reason, f.socks = "timed out", socksTTLExpired
+	case errors.Is(err, syscall.ENETUNREACH):
+		f.reason, f.socks = "network unreachable", socksNetUnreachable
+	case errors.Is(err, syscall.EHOSTUNREACH):
+		f.reason, f.socks = "host unreachable", socksHostUnreachable
+	}
+	return f
+}
+
+// shortErr is the innermost words of an error.
+func shortErr(err error) string {
+	for {
+		u := errors.Unwrap(err)
+		if u == nil {
+			return err.Error()
+		}
+		err = u
+	}
+}
+
+// refuse tells the caller, then ends the client's connection: a transparent
+// one with a reset, a proxied one with the proxy protocol's refusal.
+func (n *Net) refuse(req *request, f *failure) {
+	key := netpolicy.HostPort(req.host, req.port)
+	n.report(Refusal{
+		Line:   fmt.Sprintf("%s %s (%s)", f.verb, key, f.reason),
+		Key:    key,
+		Proto:  "tcp",
+		Client: addrPortOf(req.client.RemoteAddr()).String(),
+		Server: addrPortOf(req.client.LocalAddr()).String(),
+		Open:   true,
+	})
+	req.fail(f, key)
+}
+
+func (n *Net) report(r Refusal) {
+	if n.rep != nil {
+		n.rep.Report(n.ctx, r)
+	}
+}
+
+// observed reports a refusal the kernel made.
+func (n *Net) observed(ev observed) {
+	server := ev.server.Addr().Unmap()
+	if server.IsLoopback() {
+		return // the sandbox's own loopback: nothing of ours refused it
+	}
+	host, known := n.names.hostOf(server)
+	port := ev.server.Port()
+	verb, reason := verbBlocked, ""
+	switch {
+	case ev.proto == "udp":
+		verb, reason = verbUDP, "only TCP and DNS leave the sandbox; QUIC and other UDP do not"
+	case !known:
+		reason = "an address the sandbox's DNS did not hand out; connect by name"
+	default:
+		v := n.policy.Check(host, port)
+		if v.Allowed {
+			return // a port that is forwarded never answers with a reset
+		}
+		reason = v.Reason
+	}
+	key := netpolicy.HostPort(host, port)
+	n.report(Refusal{
+		Line:   fmt.Sprintf("%s %s (%s)", verb, key, reason),
+		Key:    key,
+		Proto:  ev.proto,
+		Client: unmapAP(ev.client).String(),
+		Server: unmapAP(ev.server).String(),
+	})
+}
+
+// splice copies both ways between a and b until both directions end;
+// splice(2) moves the bytes (net.TCPConn.ReadFrom), never a Go buffer. A
+// direction that ends cleanly half-closes the other side; one that fails
+// resets both.
+func splice(a, b *net.TCPConn) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		pipe(b, a)
+	}()
+	pipe(a, b)
+	<-done
+}
+
+func pipe(dst, src *net.TCPConn) {
+	if _, err := io.Copy(dst, src); err != nil {
+		reset(dst)
+		reset(src)
+		return
+	}
+	_ = dst.CloseWrite()
+}
+
+// reset ends c with a RST, so a peer learns at once that it is over.
+func reset(c *net.TCPConn) {
+	_ = c.SetLinger(0)
+	_ = c.Close()
+}
+
+func addrPortOf(a net.Addr) netip.AddrPort {
+	if t, ok := a.(*net.TCPAddr); ok {
+		return unmapAP(t.AddrPort())
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return unmapAP(ap)
+}
+
+func unmapAP(ap netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// isLocalName reports whether a proxy destination is the sandbox itself.
+func (n *Net) isLocal(h netpolicy.Host) bool {
+	if h.IsAddr() {
+		return h.Addr.IsLoopback()
+	}
+	return n.dns.isLocal(h.Name) || strings.HasSuffix(h.Name, ".localhost")
+}
