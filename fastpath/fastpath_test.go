@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/flagvalue"
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/netpolicy"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/oci"
 )
 
@@ -168,6 +169,7 @@ type fastCase struct {
 	argv    []string // what the child gets after the options
 	env     []string // extra child environment
 	named   []string // --env values in the recipe
+	post    []string // added to the recipe's Post, as an allow-list's proxy variables are
 	timeout time.Duration
 	reply   agentReply
 	// breakTicket runs after the ticket is written.
@@ -181,6 +183,15 @@ type fastCase struct {
 	// wantEnv names variables that must (true) or must not (false) reach
 	// the command.
 	wantEnv map[string]bool
+}
+
+// proxyEnv is what an --allow-domain call adds to its recipe.
+func proxyEnv(t *testing.T) []string {
+	var p netpolicy.Policy
+	if err := p.Allow("example.com"); err != nil {
+		t.Fatal(err)
+	}
+	return p.ProxyEnv()
 }
 
 func TestFastPath(t *testing.T) {
@@ -199,6 +210,10 @@ func TestFastPath(t *testing.T) {
 			reply: exitWith(0, 0),
 			wantEnv: map[string]bool{"PER_CALL": true, "GH_TOKEN": false, "MY_PASSWORD": false, "KEEP_TOKEN": true, "SET_ME": true,
 				"XDG_RUNTIME_DIR": false, "_libcontainer_foo": false, "aws_access": false, "_LECTIC_NIX_SANDBOX_X": false, "HOME": true}},
+		{name: "allow-list proxy variables win over the host's", argv: []string{"env"}, post: proxyEnv(t),
+			env:     []string{"HTTP_PROXY=http://corp:8080", "no_proxy=localhost,.corp", "ALL_PROXY=socks5://x:1"},
+			reply:   exitWith(0, 0),
+			wantEnv: map[string]bool{"HTTP_PROXY": true, "no_proxy": true, "NO_PROXY": true, "https_proxy": true}},
 		{name: "withheld names, no values", argv: []string{"env"}, named: []string{"PASSED_TOKEN"},
 			env:     []string{"GITHUB_PERSONAL_ACCESS_TOKEN=ghp_abcdef", "PASSED_TOKEN=p4ss", "NPM_TOKEN=npm_xyz", "DB_PASSWORD=hunter22"},
 			reply:   exitWith(0, 0),
@@ -323,6 +338,7 @@ func runFastCase(t *testing.T, tc fastCase) {
 	}
 	c.changed = time.Time{} // the racy rule is tested on its own
 	recipe := oci.NewEnvRecipe([]string{"PATH=/bin", "LANG=C"}, tc.named, "/home/tester", "tester")
+	recipe.Post = append(recipe.Post, tc.post...)
 	head := `{"type":"run","proto":1,"build":"b1","cwd":"/w","user":{"mode":"caller","uid":1,"gid":1},"ttl_seconds":900}`
 	inv := Invocation{Options: tc.opts, Terminated: tc.term}
 	if err := Write(dir, inv, Ticket{Socket: sock, Request: []byte(head), Env: recipe, Timeout: tc.timeout,

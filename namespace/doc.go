@@ -6,6 +6,9 @@
 // run `if namespace.IsProbe() { os.Exit(namespace.RunProbe()) }` early,
 // beside the IsInit check, or the doctor's namespace probes fail).
 //
+// The --doctor probe of the allow-list's network runs package netfwd's
+// Probe in the same kind of process the supervisor is.
+//
 // It does not decide what the container looks like (package oci) nor how
 // commands reach it (package warm).
 //

@@ -40,6 +40,7 @@ func Doctor(ctx context.Context, tempRoot, cacheRoot string) []Check {
 		usernsCheck(ctx),
 	}
 	checks = append(checks, overlayChecks(ctx, tempRoot)...)
+	checks = append(checks, networkCheck(ctx))
 	checks = append(checks, subidCheck(), nixCheck(), nixDaemonCheck(), nixBuildUsersCheck(hostNixConf()))
 	return checks
 }
@@ -101,6 +102,17 @@ func runProbeChild(ctx context.Context, probe, dir string) error {
 		return fmt.Errorf("%s", msg)
 	}
 	return err
+}
+
+// networkCheck runs what --allow-domain needs in a probe namespace: routes,
+// DNS, a forwarded connection, a reported refusal.
+func networkCheck(ctx context.Context) Check {
+	const name = "network by name (--allow-domain)"
+	if err := runProbeChild(ctx, probeNetwork, ""); err != nil {
+		return problem(name, false, "the allow-list's network does not work here: "+err.Error(),
+			"run without --allow-domain (no network) or with --allow-net (the host's whole network); the other checks above may say why")
+	}
+	return ok(name, false, "DNS, forwarding to an --add-host name and refusal reports work in a probe namespace")
 }
 
 func usernsCheck(ctx context.Context) Check {

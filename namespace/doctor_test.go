@@ -48,7 +48,7 @@ func TestDoctor(t *testing.T) {
 			for name, wantOK := range map[string]bool{
 				"user namespaces": true, "overlay root": true, "overlay on tmpfs": true,
 				"cache directory": true, "temp directory": true, "socket path length": true,
-				"static binary": isStatic(t, bin),
+				"static binary": isStatic(t, bin), "network by name (--allow-domain)": true,
 			} {
 				c, found := byName[name]
 				if !found {

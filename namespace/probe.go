@@ -8,6 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/netfwd"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/oci"
 )
 
@@ -23,6 +24,7 @@ const (
 	probeUserns       = "userns"
 	probeOverlay      = "overlay"
 	probeOverlayTmpfs = "overlay-tmpfs"
+	probeNetwork      = "network"
 )
 
 // IsProbe reports whether this process was started as a --doctor probe.
@@ -47,6 +49,9 @@ func runProbe(name, dir string) error {
 		return overlayProbe(dir, false)
 	case probeOverlayTmpfs:
 		return overlayProbe(dir, true)
+	case probeNetwork:
+		_, err := netfwd.Probe()
+		return err
 	}
 	return fmt.Errorf("unknown probe %q", name)
 }

@@ -52,7 +52,12 @@ type Config struct {
 	HomeTarget string // in-container path of $HOME
 	Volumes    []Volume
 	AllowNet   bool
-	AgentPath  string // host path of the binary; bound read-only at AgentTarget
+	// NetNS, without AllowNet, is a network namespace the container joins
+	// (a path that can be opened while the container starts): the
+	// allow-list's namespace, which package netfwd made and serves. ""
+	// gives the container a new one with only lo.
+	NetNS     string
+	AgentPath string // host path of the binary; bound read-only at AgentTarget
 	// HostUID/HostGID are what container uid/gid 0 map to. They are only
 	// used with NewUserNS and are ids of the namespace that creates the
 	// container (0 in the supervisor), not of the host.

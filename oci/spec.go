@@ -58,6 +58,9 @@ func checkConfig(c Config) error {
 	if len(c.InitArgs) == 0 {
 		return fmt.Errorf("container init has no command")
 	}
+	if c.NetNS != "" && (c.AllowNet || !filepath.IsAbs(c.NetNS)) {
+		return fmt.Errorf("network namespace %q: want an absolute path, and no host network", c.NetNS)
+	}
 	if c.AgentPath != "" && !filepath.IsAbs(c.AgentPath) {
 		return fmt.Errorf("agent binary %q is not an absolute path", c.AgentPath)
 	}
@@ -114,7 +117,7 @@ func namespaces(c Config) []specs.LinuxNamespace {
 		specs.LinuxNamespace{Type: specs.UTSNamespace},
 	)
 	if !c.AllowNet {
-		ns = append(ns, specs.LinuxNamespace{Type: specs.NetworkNamespace})
+		ns = append(ns, specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: c.NetNS})
 	}
 	return ns
 }

@@ -64,6 +64,31 @@ func TestSpecNamespaces(t *testing.T) {
 	}
 }
 
+// TestSpecJoinsPolicyNetwork: an allow-list's namespace is joined by path,
+// and still counts as the container's own for /sys.
+func TestSpecJoinsPolicyNetwork(t *testing.T) {
+	c := baseConfig()
+	c.NetNS = "/proc/42/fd/7"
+	s, err := Spec(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got string
+	for _, n := range s.Linux.Namespaces {
+		if n.Type == specs.NetworkNamespace {
+			got = n.Path
+		}
+	}
+	if got != c.NetNS {
+		t.Errorf("network namespace path = %q, want %q", got, c.NetNS)
+	}
+	for _, m := range s.Mounts {
+		if m.Destination == "/sys" && m.Type != "sysfs" {
+			t.Errorf("/sys is %s, want a sysfs of the container's own network", m.Type)
+		}
+	}
+}
+
 func TestSpecProcessAndHardening(t *testing.T) {
 	c := baseConfig()
 	c.NoFile = Rlimit{Soft: 1024, Hard: 524288}
@@ -139,6 +164,8 @@ func TestSpecErrors(t *testing.T) {
 		{"volume under /sys", func(c *Config) { c.Volumes = []Volume{{Source: "/a", Target: "/sys/x"}} }, "is under /sys"},
 		{"host bind over the agent dir", func(c *Config) { c.Image.HostBinds = []string{"/.lectic-nix-sandbox"} }, "is under /.lectic-nix-sandbox"},
 		{"relative resolv.conf", func(c *Config) { c.AllowNet, c.ResolvConf = true, "resolv.conf" }, "not an absolute path"},
+		{"relative network namespace", func(c *Config) { c.NetNS = "ns/net" }, "want an absolute path"},
+		{"network namespace with the host network", func(c *Config) { c.AllowNet, c.NetNS = true, "/proc/1/ns/net" }, "no host network"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -71,6 +71,10 @@ type agent struct {
 	idleFrom time.Time
 	inflight int // accepted connections whose request is not read yet
 
+	// calls is set when the container has an allow-list: refusals are
+	// reported to the calls running (netreport.go).
+	calls *callLog
+
 	helpersMu sync.Mutex
 	helpers   map[helperKey]*helper
 
@@ -97,6 +101,15 @@ func newAgentFromEnv() (*agent, error) {
 	}
 	a := newAgent(os.Getenv(envBuild), time.Duration(ttl)*time.Second, os.Getenv(envOneShot) != "")
 	a.lfd = listenFD
+	if os.Getenv(envReports) != "" {
+		if _, err := unix.FcntlInt(uintptr(reportsFD), unix.F_GETFD, 0); err != nil {
+			return nil, fmt.Errorf("no report channel at fd %d: %w", reportsFD, err)
+		}
+		if a.calls, err = newCallLog(os.NewFile(reportsFD, "reports")); err != nil {
+			return nil, err
+		}
+		go a.calls.serveReports()
+	}
 	return a, nil
 }
 
@@ -305,7 +318,9 @@ func (a *agent) handleRun(c conn, m *message, fds []int) {
 		// relays the notice its agent put in the forwarded request.
 		m.Notice = a.withheldNotice(m.Withheld)
 	}
-	if h := a.helperFor(m.User); h != nil && h.serve(c, m, fds) {
+	rec := a.calls.add(fds[2])
+	defer a.calls.remove(rec)
+	if h := a.helperFor(m.User); h != nil && h.serve(c, m, fds, rec.setPid) {
 		a.end()
 		return
 	}
@@ -324,6 +339,7 @@ func (a *agent) handleRun(c conn, m *message, fds []int) {
 		a.end()
 		return
 	}
+	rec.setPid(p.pid)
 	if a.onStart != nil {
 		a.onStart(m.ID, p.pid)
 	}

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/namespace"
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/netpolicy"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/oci"
 )
 
@@ -67,6 +68,11 @@ type Spec struct {
 	// (oci.MergePasswd, oci.MergeGroup) when the container is created.
 	Users  []oci.User
 	Groups []oci.Group
+	// Net is the container's network allow-list; nil means none (no
+	// network, or the host's with Create.Config.AllowNet). The supervisor
+	// serves it (package netfwd) and the agent reports its refusals to the
+	// calls that meet them.
+	Net *netpolicy.Policy `json:"net,omitempty"`
 	// Create describes the container. cmd fills Config (Image, Workdir,
 	// Home, HomeTarget, Volumes, AllowNet, AgentPath from AgentBinary,
 	// Hostname, ...); warm fills ID, StateDir, the overlay dirs, Volatile,

@@ -46,7 +46,8 @@ type helper struct {
 
 	mu      sync.Mutex
 	pending map[int64]chan struct{}
-	groups  map[int64]int // request -> process group of its command
+	groups  map[int64]int       // request -> process group of its command
+	onPid   map[int64]func(int) // request -> who wants its command's pid
 	nextID  int64
 	dead    bool
 }
@@ -121,7 +122,7 @@ func (a *agent) startHelper(key helperKey) (*helper, error) {
 		return nil, err
 	}
 	ns, _ := usernsOf(pid)
-	return &helper{c: c, pid: pid, userns: ns, pending: make(map[int64]chan struct{}), groups: make(map[int64]int)}, nil
+	return &helper{c: c, pid: pid, userns: ns, pending: make(map[int64]chan struct{}), groups: make(map[int64]int), onPid: make(map[int64]func(int))}, nil
 }
 
 // usernsOf returns the inode of pid's user namespace.
@@ -171,10 +172,11 @@ func awaitHelper(c conn) error {
 }
 
 // serve hands a checked run request to the helper and waits until the
-// helper has finished it. false means the helper could not take it; fds
-// are then still open and the caller starts the command itself.
-func (h *helper) serve(c conn, m *message, fds []int) bool {
-	id, done := h.register()
+// helper has finished it; onPid learns the command's pid. false means the
+// helper could not take it; fds are then still open and the caller starts
+// the command itself.
+func (h *helper) serve(c conn, m *message, fds []int, onPid func(int)) bool {
+	id, done := h.register(onPid)
 	if done == nil {
 		return false
 	}
@@ -194,7 +196,7 @@ func (h *helper) serve(c conn, m *message, fds []int) bool {
 	return true
 }
 
-func (h *helper) register() (int64, chan struct{}) {
+func (h *helper) register(onPid func(int)) (int64, chan struct{}) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.dead {
@@ -203,6 +205,7 @@ func (h *helper) register() (int64, chan struct{}) {
 	h.nextID++
 	done := make(chan struct{})
 	h.pending[h.nextID] = done
+	h.onPid[h.nextID] = onPid
 	return h.nextID, done
 }
 
@@ -214,6 +217,7 @@ func (h *helper) complete(id int64) {
 		delete(h.pending, id)
 	}
 	delete(h.groups, id)
+	delete(h.onPid, id)
 }
 
 func (h *helper) started(id int64, pgid int) {
@@ -221,6 +225,9 @@ func (h *helper) started(id int64, pgid int) {
 	defer h.mu.Unlock()
 	if h.pending[id] != nil && pgid > 0 {
 		h.groups[id] = pgid
+		if f := h.onPid[id]; f != nil {
+			f(pgid)
+		}
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/namespace"
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/netfwd"
 )
 
 // The test binary plays every part the sandbox binary plays, chosen by the
@@ -108,6 +109,9 @@ type agentOpts struct {
 	oneShot bool
 	cred    *syscall.Credential
 	dirMode os.FileMode
+	// reports, when set, is given the supervisor's end of a report
+	// channel whose other end the agent serves (netreport.go).
+	reports func(*netfwd.ReportSender)
 }
 
 // startTestAgent runs the test binary as an agent on T/warm/<key>/agent.sock.
@@ -129,6 +133,18 @@ func startTestAgent(t *testing.T, o agentOpts) *testAgent {
 	if o.oneShot {
 		env = append(env, envOneShot+"=1")
 	}
+	files := []*os.File{nil, os.Stderr, os.Stderr, lf}
+	if o.reports != nil {
+		sender, agentEnd, err := netfwd.ReportPair()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer agentEnd.Close()
+		t.Cleanup(func() { sender.Close() })
+		o.reports(sender)
+		env = append(env, envReports+"=1")
+		files = append(files, agentEnd)
+	}
 	exe := "/proc/self/exe"
 	if o.cred != nil {
 		exe = publicTestBinary(t)
@@ -141,7 +157,7 @@ func startTestAgent(t *testing.T, o agentOpts) *testAgent {
 	}
 	p, err := os.StartProcess(exe, []string{"agent"}, &os.ProcAttr{
 		Env:   env,
-		Files: []*os.File{nil, os.Stderr, os.Stderr, lf},
+		Files: files,
 		Sys:   &syscall.SysProcAttr{Setpgid: true, Credential: o.cred, Pdeathsig: syscall.SIGKILL},
 	})
 	if err != nil {

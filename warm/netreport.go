@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -30,24 +32,35 @@ type callLog struct {
 	// netDir and proc are where sockets and processes are found (the
 	// agent's own namespaces).
 	netDir, proc string
+	reports      *netfwd.ReportReceiver
 }
 
 // callRec is one running call.
 type callRec struct {
 	stderr *os.File // a copy of the call's stderr; the command shares it
+	// refusals are the namespace's refusal counters when the call began.
+	refusals string
 
 	mu   sync.Mutex
 	pid  int             // the command's pid, which leads its process group; 0 until known
 	told map[string]bool // host:port already reported to this call
 }
 
-func newCallLog() *callLog {
-	return &callLog{calls: map[*callRec]struct{}{}, netDir: "/proc/net", proc: "/proc"}
+// flushTimeout bounds how long the end of a call waits for the refusals
+// its command may have met to be reported.
+const flushTimeout = time.Second
+
+func newCallLog(f *os.File) (*callLog, error) {
+	rr, err := netfwd.NewReportReceiver(f)
+	if err != nil {
+		return nil, err
+	}
+	return &callLog{calls: map[*callRec]struct{}{}, netDir: "/proc/net", proc: "/proc", reports: rr}, nil
 }
 
 // serveReports reads the report channel for the agent's life.
-func (l *callLog) serveReports(f *os.File) {
-	if err := netfwd.ServeReports(f, l.report); err != nil {
+func (l *callLog) serveReports() {
+	if err := l.reports.Serve(l.report); err != nil {
 		fmt.Fprintln(os.Stderr, "lectic-nix-sandbox agent:", err)
 	}
 }
@@ -62,17 +75,24 @@ func (l *callLog) add(fd int) *callRec {
 	if err != nil {
 		return nil
 	}
-	r := &callRec{stderr: os.NewFile(uintptr(dup), "stderr"), told: map[string]bool{}}
+	r := &callRec{stderr: os.NewFile(uintptr(dup), "stderr"), told: map[string]bool{}, refusals: l.refusalCounters()}
 	l.mu.Lock()
 	l.calls[r] = struct{}{}
 	l.mu.Unlock()
 	return r
 }
 
-// remove forgets a call that ended.
+// remove forgets a call that ended. A refusal the kernel made (a reset, a
+// port unreachable) reaches the supervisor on its own time; when the
+// namespace made any since the call began, the supervisor is asked to
+// report what it has first, so the line reaches this call's stderr before
+// its copy closes (a caller reading stderr to the end sees it).
 func (l *callLog) remove(r *callRec) {
 	if l == nil || r == nil {
 		return
+	}
+	if l.refusalCounters() != r.refusals {
+		l.reports.Flush(flushTimeout)
 	}
 	l.mu.Lock()
 	delete(l.calls, r)
@@ -162,4 +182,39 @@ func (l *callLog) callOf(pid int, byPid map[int]*callRec) *callRec {
 		pid = ppid
 	}
 	return nil
+}
+
+// refusalCounters are the namespace's counts of the resets and ICMP
+// unreachables it sent: when they have not moved, the kernel refused
+// nothing that an observer could still be about to report.
+func (l *callLog) refusalCounters() string {
+	snmp, _ := os.ReadFile(l.netDir + "/snmp")
+	snmp6, _ := os.ReadFile(l.netDir + "/snmp6")
+	return snmpField(string(snmp), "Tcp:", "OutRsts") + " " +
+		snmpField(string(snmp), "Icmp:", "OutDestUnreachs") + " " +
+		snmpField(string(snmp6), "", "Icmp6OutDestUnreachs")
+}
+
+// snmpField reads one counter of /proc/net/snmp (a header line and a value
+// line per prefix) or, with no prefix, of /proc/net/snmp6 (name value).
+func snmpField(data, prefix, name string) string {
+	var header []string
+	for _, line := range strings.Split(data, "\n") {
+		f := strings.Fields(line)
+		switch {
+		case prefix == "" && len(f) == 2 && f[0] == name:
+			return f[1]
+		case prefix == "" || len(f) == 0 || f[0] != prefix:
+		case header == nil:
+			header = f
+		default:
+			for i := 1; i < len(header) && i < len(f); i++ {
+				if header[i] == name {
+					return f[i]
+				}
+			}
+			return ""
+		}
+	}
+	return ""
 }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/fastpath"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/namespace"
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/netfwd"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/oci"
 )
 
@@ -336,6 +337,9 @@ func agentEnv(s Spec) []string {
 	if s.OneShot {
 		env = append(env, envOneShot+"=1")
 	}
+	if s.Net != nil {
+		env = append(env, envReports+"=1")
+	}
 	return env
 }
 
@@ -343,6 +347,9 @@ func agentEnv(s Spec) []string {
 type plainAgent struct{ p *os.Process }
 
 func startPlainAgent(s Spec, lf, logf *os.File) (*plainAgent, error) {
+	if s.Net != nil {
+		return nil, errors.New("a network allow-list needs a container; a plain agent has none")
+	}
 	devnull, err := os.Open(os.DevNull)
 	if err != nil {
 		return nil, err
@@ -370,8 +377,51 @@ func (a *plainAgent) destroy() error {
 	return nil
 }
 
-// containerAgent is an agent running as a container's init.
-type containerAgent struct{ c *namespace.Container }
+// containerAgent is an agent running as a container's init, with the
+// network it serves when it has an allow-list.
+type containerAgent struct {
+	c   *namespace.Container
+	net *policyNet
+}
+
+// policyNet is an allow-list's network and the channel its refusals take
+// to the agent.
+type policyNet struct {
+	n       *netfwd.Net
+	reports *netfwd.ReportSender
+	agent   *os.File // the agent's end, until the container has it
+}
+
+// openPolicyNet makes the allow-list's network namespace for the container
+// to join and the report channel to its agent.
+func openPolicyNet(s Spec, logf *os.File) (*policyNet, error) {
+	host := s.Create.Config.Hostname
+	if host == "" {
+		host = oci.DefaultHostname
+	}
+	n, err := netfwd.Open(netfwd.Options{Policy: s.Net, Hostname: host, Log: logf})
+	if err != nil {
+		return nil, fmt.Errorf("set up the allow-list's network: %w", err)
+	}
+	rs, agentEnd, err := netfwd.ReportPair()
+	if err != nil {
+		n.Close()
+		return nil, err
+	}
+	return &policyNet{n: n, reports: rs, agent: agentEnd}, nil
+}
+
+func (p *policyNet) close() error {
+	if p == nil {
+		return nil
+	}
+	if p.agent != nil {
+		p.agent.Close()
+	}
+	err := p.n.Close()
+	p.reports.Close()
+	return err
+}
 
 func startContainer(dir string, s Spec, lf, logf *os.File) (*containerAgent, error) {
 	o := s.Create
@@ -389,6 +439,32 @@ func startContainer(dir string, s Spec, lf, logf *os.File) (*containerAgent, err
 	o.InitEnv = agentEnv(s)
 	o.ExtraFiles = []*os.File{lf}
 	o.Stdio = [3]*os.File{nil, logf, logf}
+	var pn *policyNet
+	if s.Net != nil {
+		var err error
+		if pn, err = openPolicyNet(s, logf); err != nil {
+			return nil, err
+		}
+		o.Config.NetNS = pn.n.NSPath()
+		o.ExtraFiles = append(o.ExtraFiles, pn.agent) // reportsFD
+	}
+	c, err := createContainer(o, s)
+	if err != nil {
+		pn.close()
+		return nil, err
+	}
+	if pn != nil {
+		pn.agent.Close()
+		pn.agent = nil
+		pn.reports.SetFlusher(pn.n.Flush)
+		pn.n.Start(pn.reports)
+	}
+	return &containerAgent{c: c, net: pn}, nil
+}
+
+// createContainer makes the dirs and /etc files of the container and
+// starts it.
+func createContainer(o namespace.CreateOptions, s Spec) (*namespace.Container, error) {
 	for _, d := range []string{o.StateDir, o.UpperDir, o.WorkDir, o.MergedDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("create %s: %w", d, err)
@@ -398,12 +474,15 @@ func startContainer(dir string, s Spec, lf, logf *os.File) (*containerAgent, err
 	if err != nil {
 		return nil, err
 	}
+	if s.Net != nil {
+		etc["/etc/resolv.conf"] = []byte(netfwd.ResolvConf)
+	}
 	o.EtcFiles = etc
 	c, err := namespace.Create(context.Background(), o)
 	if err != nil {
 		return nil, fmt.Errorf("create the sandbox container: %w", err)
 	}
-	return &containerAgent{c: c}, nil
+	return c, nil
 }
 
 // etcFiles merges the users into the image's passwd and group files.
@@ -433,8 +512,12 @@ func readOptional(rootfs, path string) ([]byte, error) {
 func (a *containerAgent) pid() int { return a.c.Pid() }
 func (a *containerAgent) wait()    { _, _ = a.c.Wait() }
 func (a *containerAgent) destroy() error {
+	var errs []error
 	if err := a.c.Destroy(); err != nil {
-		return fmt.Errorf("destroy the sandbox container: %w", err)
+		errs = append(errs, fmt.Errorf("destroy the sandbox container: %w", err))
 	}
-	return nil
+	if err := a.net.close(); err != nil {
+		errs = append(errs, fmt.Errorf("close the allow-list's network: %w", err))
+	}
+	return errors.Join(errs...)
 }

@@ -57,12 +57,18 @@ func runInSandbox(ctx context.Context, c sandboxCall) (int, error) {
 			ResolvConf: resolvConf(c.opts.allowNet),
 			NoFile:     noFileLimit(),
 		}},
+		Net: c.opts.net,
 	}
 	// The agent binary is only needed when a container is created; warm
 	// resolves it then (a read-only copy in the cache), keeping the warm
 	// path free of file copies.
 	spec.CacheRoot = c.roots.cache
 	recipe := oci.NewEnvRecipe(c.image.img.Config.Env, c.named, target, userName(userSpec, c.caller))
+	if c.opts.net != nil {
+		// Assigned last, so the host's own proxy settings never reach
+		// a command that could not use them.
+		recipe.Post = append(recipe.Post, c.opts.net.ProxyEnv()...)
+	}
 	env, withheld := recipe.Build(os.Environ())
 	req := warm.Request{
 		Argv:     c.argv,
@@ -106,6 +112,9 @@ func warmKeyParts(c sandboxCall, buildID, homeTarget string) []string {
 	}
 	for _, v := range c.volumes {
 		parts = append(parts, fmt.Sprintf("vol=%s:%s:%t", v.Source, v.Target, v.ReadOnly))
+	}
+	if c.opts.net != nil {
+		parts = append(parts, "allow="+c.opts.net.String())
 	}
 	return parts
 }

@@ -6,16 +6,20 @@ import (
 	"time"
 
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/flagvalue"
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/netpolicy"
 )
 
 // options is everything the command line can say. Parsing fills it and
 // nothing else; validation that needs the file system happens in resolve.
 type options struct {
-	workdir      string
-	volumes      []string
-	persist      string
-	home         string
-	allowNet     bool
+	workdir  string
+	volumes  []string
+	persist  string
+	home     string
+	allowNet bool
+	// net is the allow-list from --allow-domain, --deny-domain and
+	// --add-host; nil when none was given.
+	net          *netpolicy.Policy
 	keepWarm     bool
 	warmTTL      int
 	packagesFile string
@@ -86,6 +90,9 @@ var flagTable = []flagSpec{
 	{names: []string{"-p", "--persist"}, takesValue: true, apply: func(o *options, _, v string) error { o.persist = v; return nil }},
 	{names: []string{"--home"}, takesValue: true, apply: func(o *options, _, v string) error { o.home = v; return nil }},
 	{names: []string{"--allow-net"}, apply: func(o *options, _, _ string) error { o.allowNet = true; return nil }},
+	{names: []string{"--allow-domain"}, takesValue: true, apply: netFlag((*netpolicy.Policy).Allow)},
+	{names: []string{"--deny-domain"}, takesValue: true, apply: netFlag((*netpolicy.Policy).Deny)},
+	{names: []string{"--add-host"}, takesValue: true, apply: netFlag((*netpolicy.Policy).AddHost)},
 	{names: []string{"--keep-warm"}, apply: func(o *options, _, _ string) error { o.keepWarm = true; return nil }},
 	{names: []string{"--no-keep-warm"}, apply: func(o *options, _, _ string) error { o.keepWarm = false; return nil }},
 	{names: []string{"--warm-ttl-seconds"}, takesValue: true, apply: func(o *options, n, v string) error {
@@ -139,6 +146,33 @@ var flagTable = []flagSpec{
 	{names: []string{"--load"}, takesValue: true, apply: setAction("load")},
 	{names: []string{"--version"}, apply: setAction("version")},
 	{names: []string{"-h", "--help"}, apply: setAction("help")},
+}
+
+// netFlag applies one allow-list flag to the options' policy.
+func netFlag(add func(*netpolicy.Policy, string) error) func(o *options, name, value string) error {
+	return func(o *options, name, value string) error {
+		if o.net == nil {
+			o.net = &netpolicy.Policy{}
+		}
+		if err := add(o.net, value); err != nil {
+			return usagef("%s %v", name, err)
+		}
+		return nil
+	}
+}
+
+// checkNet checks the allow-list as a whole, once every flag is read.
+func checkNet(o options) error {
+	if o.net == nil {
+		return nil
+	}
+	if o.allowNet {
+		return usagef("--allow-net shares the host's whole network, so --allow-domain, --deny-domain and --add-host mean nothing with it; drop one or the other")
+	}
+	if err := o.net.Validate(); err != nil {
+		return usagef("%v", err)
+	}
+	return nil
 }
 
 func lookupFlag(name string) (flagSpec, bool) {
@@ -200,7 +234,7 @@ func parseArgs(args []string) (options, error) {
 	if o.action != "" && o.action != "help" && o.action != "version" && len(o.command) > 0 {
 		return o, usagef("--%s takes no command (got %q)", o.action, o.command[0])
 	}
-	return o, nil
+	return o, checkNet(o)
 }
 
 const usageText = `usage: lectic-nix-sandbox [OPTIONS] [--] COMMAND [ARGS...]
@@ -218,7 +252,18 @@ Sandbox:
   -p, --persist DIR            bind DIR at /persist (created if missing)
       --home DIR               host directory used as $HOME (default: one per workdir
                                under the cache)
-      --allow-net              share the host's network (default: loopback only)
+      --allow-domain PATTERN[,PATTERN...]
+                               let the command connect to these names (repeatable):
+                               NAME, *.NAME (its subdomains), * (any name) or IP,
+                               each with :PORT or :PORT-PORT (default 80 and 443);
+                               enforced outside the sandbox, refusals on stderr
+      --deny-domain PATTERN    never connect to these, even if allowed (no port:
+                               every port)
+      --add-host NAME:IP       resolve NAME to IP on the host side; the only way to
+                               reach a private or loopback address by name
+      --allow-net              share the host's whole network, including services on
+                               its loopback and abstract unix sockets (default:
+                               loopback only; prefer --allow-domain)
       --user MODE              caller (default: your own uid/gid, no capabilities),
                                root, image (the image's User), NAME or UID[:GID]
       --env NAME[=VALUE]       pass NAME from the host, or set it (repeatable)

@@ -93,3 +93,47 @@ func TestParseArgs(t *testing.T) {
 		})
 	}
 }
+
+func TestParseNetFlags(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		policy  string // the canonical policy
+		wantErr string
+	}{
+		{name: "allow with defaults", args: []string{"--allow-domain", "example.com", "true"},
+			policy: "allow=example.com:443,example.com:80;deny=;hosts="},
+		{name: "repeatable and comma lists", args: []string{"--allow-domain=a.example,*.b.example:8080", "--allow-domain", "github.com:22", "--deny-domain", "x.b.example", "--add-host", "a.example:127.0.0.1", "git", "push"},
+			policy: "allow=*.b.example:8080,a.example:443,a.example:80,github.com:22;deny=x.b.example;hosts=a.example=127.0.0.1"},
+		{name: "bad pattern", args: []string{"--allow-domain", "https://x.example", "true"},
+			wantErr: `--allow-domain "https://x.example": want NAME, *.NAME, * or an IP address, with an optional :PORT or :PORT-PORT (no scheme, path or user) (see --help)`},
+		{name: "bad port", args: []string{"--allow-domain", "x.example:99999", "true"},
+			wantErr: `--allow-domain "x.example:99999": port "99999" is not a number from 1 to 65535 (see --help)`},
+		{name: "bad host mapping", args: []string{"--allow-domain", "x.example", "--add-host", "x.example", "true"},
+			wantErr: `--add-host "x.example": want NAME:IP (see --help)`},
+		{name: "deny alone", args: []string{"--deny-domain", "x.example", "true"},
+			wantErr: "no --allow-domain pattern: --deny-domain and --add-host only refine an allow-list (see --help)"},
+		{name: "with the host network", args: []string{"--allow-net", "--allow-domain", "x.example", "true"},
+			wantErr: "--allow-net shares the host's whole network, so --allow-domain, --deny-domain and --add-host mean nothing with it; drop one or the other (see --help)"},
+		{name: "too many ports", args: []string{"--allow-domain", "*:2000-9000", "true"},
+			wantErr: "the allowed ports number 7001; at most 1024 are supported (each is a listening socket) (see --help)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o, err := parseArgs(tt.args)
+			if tt.wantErr != "" {
+				var ue *usageError
+				if err == nil || !errors.As(err, &ue) || err.Error() != tt.wantErr {
+					t.Fatalf("error = %v, want usage error %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if o.net == nil || o.net.String() != tt.policy {
+				t.Fatalf("policy = %v, want %s", o.net, tt.policy)
+			}
+		})
+	}
+}
