@@ -56,7 +56,8 @@ func TestLecticYAML(t *testing.T) {
 	}
 	lines := strings.Split(string(b), "\n")
 	active := 0
-	examples := map[string]bool{"--persist": false, "--volume": false, "--warm-ttl-seconds": false, "--nix-packages-file": false}
+	examples := map[string]bool{"--persist": false, "--volume": false, "--warm-ttl-seconds": false, "--nix-packages-file": false,
+		"--allow-domain": false, "--add-host": false, "--allow-net": false}
 	for i, l := range lines {
 		if strings.HasSuffix(strings.TrimSpace(l), `\`) {
 			t.Fatalf("line %d ends in a backslash; Lectic would keep it as an argument: %q", i+1, l)
@@ -66,7 +67,7 @@ func TestLecticYAML(t *testing.T) {
 		}
 		if rest, ok := strings.CutPrefix(l, "# sandbox: local:./lectic-nix-sandbox "); ok {
 			for flag := range examples {
-				if strings.HasPrefix(rest, flag+" ") {
+				if rest == flag || strings.HasPrefix(rest, flag+" ") || strings.HasPrefix(rest, flag+"=") {
 					examples[flag] = true
 				}
 			}
