@@ -19,6 +19,15 @@
 //	parallel_16     16 clients at once into it; per-call latency
 //	parallel_16_bare  the same 16 clients running host busybox `true`, no
 //	                sandbox: what the machine's cores allow parallel_16
+//	warm_exec_allowlist  warm_exec with --allow-domain and --add-host
+//	net_connect     per connection through the allow-list: dial, one byte
+//	                each way, close (netprobe, a static client the harness
+//	                builds, to an echo server on the host's loopback)
+//	net_connect_direct  the same client on the host, straight to the server
+//	net_download_256m   256 MiB over HTTP through the allow-list
+//	net_download_256m_direct  the same download on the host
+//	net_concurrent_100  one call with 100 connections open at once, all of
+//	                which must complete
 //	nix_fast_path   `--flake` of an offline fixture flake, unchanged, warm
 //	cold_start      `--no-keep-warm true` with the rootfs cached, after --stop all
 //	first_start     `--no-keep-warm true` with empty cache and temp dirs

@@ -84,6 +84,15 @@ func runDropped(ctx context.Context, o options, stdout, stderr io.Writer) error 
 	if o.bin, err = stageFile(o.bin, filepath.Join(stage, "lectic-nix-sandbox")); err != nil {
 		return fmt.Errorf("-bin: %w", err)
 	}
+	if o.netprobe == "" {
+		// Built here with root's Go cache, as the sandbox binary is.
+		if o.netprobe, err = buildNetprobe(ctx, filepath.Join(stage, "netprobe-build")); err != nil {
+			return err
+		}
+	}
+	if o.netprobe, err = stageFile(o.netprobe, filepath.Join(stage, "netprobe")); err != nil {
+		return fmt.Errorf("-netprobe: %w", err)
+	}
 	if o.image != "" {
 		if o.image, err = stageFile(o.image, filepath.Join(stage, "image")); err != nil {
 			return fmt.Errorf("-image: %w", err)
@@ -151,6 +160,9 @@ func childArgs(o options) []string {
 		"-image-mb", strconv.Itoa(o.imageMB), "-budget", o.budget.String()}
 	if o.image != "" {
 		args = append(args, "-image", o.image)
+	}
+	if o.netprobe != "" {
+		args = append(args, "-netprobe", o.netprobe)
 	}
 	if o.quick {
 		args = append(args, "-quick")

@@ -15,14 +15,15 @@ import (
 
 // options are the harness's flags.
 type options struct {
-	bin     string
-	image   string
-	out     string
-	user    string
-	n       int
-	quick   bool
-	imageMB int
-	budget  time.Duration
+	bin      string
+	netprobe string
+	image    string
+	out      string
+	user     string
+	n        int
+	quick    bool
+	imageMB  int
+	budget   time.Duration
 }
 
 func main() {
@@ -66,6 +67,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.SetOutput(stderr)
 	var o options
 	fs.StringVar(&o.bin, "bin", "", "sandbox binary (default: build ./cmd/lectic-nix-sandbox from the module in the current directory)")
+	fs.StringVar(&o.netprobe, "netprobe", "", "static network client of the network scenarios (default: build ./cmd/sandbox-bench/netprobe with CGO_ENABLED=0)")
 	fs.StringVar(&o.image, "image", "", "image archive to run (default: a generated busybox docker-archive of -image-mb)")
 	fs.StringVar(&o.out, "out", "bench-results", "directory for results.json and results.svg")
 	fs.StringVar(&o.user, "user", "", "when started as root, measure as this user (default: sandboxtest if it exists, else nobody)")

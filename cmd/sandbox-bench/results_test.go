@@ -141,6 +141,45 @@ func TestGoals(t *testing.T) {
 	}
 }
 
+func TestNetworkGoals(t *testing.T) {
+	add := func(r *Report, name string, p50 float64) {
+		r.Results = append(r.Results, Result{Name: name, Kind: kindSandbox,
+			Summary: Summary{P50: p50, P90: p50, P99: p50, Mean: p50, Min: p50, Max: p50, N: 10}})
+	}
+	tests := []struct {
+		name  string
+		edit  func(*Report)
+		goal  int
+		met   bool
+		ratio float64
+		added float64
+	}{
+		{"allow-list 1.05x warm meets 1.1x", func(r *Report) { add(r, "warm_exec_allowlist", 2.1) }, 5, true, 1.05, 0},
+		{"allow-list 1.2x warm misses", func(r *Report) { add(r, "warm_exec_allowlist", 2.4) }, 5, false, 1.2, 0},
+		{"0.4 ms added meets 1 ms", func(r *Report) { add(r, "net_connect_direct", 0.1); add(r, "net_connect", 0.5) }, 6, true, 0, 0.4},
+		{"1.5 ms added misses", func(r *Report) { add(r, "net_connect_direct", 0.1); add(r, "net_connect", 1.6) }, 6, false, 0, 1.5},
+		{"80% throughput meets 70%", func(r *Report) { add(r, "net_download_256m_direct", 400); add(r, "net_download_256m", 500) }, 7, true, 0.8, 0},
+		{"50% throughput misses", func(r *Report) { add(r, "net_download_256m_direct", 400); add(r, "net_download_256m", 800) }, 7, false, 0.5, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := sampleReport()
+			tt.edit(&r)
+			g := r.Goals()[tt.goal]
+			added := 0.0
+			if g.AddedMS != nil {
+				added = *g.AddedMS
+			}
+			if g.Met != tt.met || math.Abs(g.Ratio-tt.ratio) > 1e-9 || math.Abs(added-tt.added) > 1e-9 || g.Missing != "" {
+				t.Errorf("goal %q = %+v (added %v), want met=%v ratio=%v added=%v", g.Goal, g, added, tt.met, tt.ratio, tt.added)
+			}
+		})
+	}
+	if line := goalLine(GoalResult{Goal: "g", AddedMS: round3(0.25), Met: true}); line != "[ met ] g: +0.250 ms" {
+		t.Errorf("goalLine = %q", line)
+	}
+}
+
 func setP50(r *Report, name string, v float64) {
 	for i := range r.Results {
 		if r.Results[i].Name == name {

@@ -22,6 +22,9 @@ func (b *bench) runAll(ctx context.Context) []Result {
 		b.warmExecSh(ctx),
 		b.parallel16(ctx),
 		b.parallel16Bare(ctx),
+	)
+	out = append(out, b.netScenarios(ctx)...)
+	out = append(out,
 		b.nixFastPath(ctx),
 		b.coldStart(ctx),
 		b.firstStart(ctx),

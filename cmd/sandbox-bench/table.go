@@ -39,13 +39,17 @@ func WriteTable(w io.Writer, r Report) error {
 }
 
 func goalLine(g GoalResult) string {
+	value := formatRatio(g.Ratio)
+	if g.AddedMS != nil {
+		value = fmt.Sprintf("%+.3f ms", *g.AddedMS)
+	}
 	switch {
 	case g.Missing != "":
 		return fmt.Sprintf("[ n/a ] %s (%s)", g.Goal, g.Missing)
 	case g.Met:
-		return fmt.Sprintf("[ met ] %s: %s", g.Goal, formatRatio(g.Ratio))
+		return fmt.Sprintf("[ met ] %s: %s", g.Goal, value)
 	default:
-		return fmt.Sprintf("[ MISS] %s: %s", g.Goal, formatRatio(g.Ratio))
+		return fmt.Sprintf("[ MISS] %s: %s", g.Goal, value)
 	}
 }
 
