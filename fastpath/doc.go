@@ -24,11 +24,16 @@
 // when none of its files changed in the last two seconds, so a file
 // rewritten within one timestamp tick cannot pass for unchanged.
 //
-// The ticket holds the socket path, the request as the Go client would
-// send it without argv (the filtered environment, the user, the cwd, the
-// TTL and the build id), the timeout and the warnings to print. The
-// constructor appends the command words and sends it. The environment in a
-// ticket is the command's filtered one: the host's secrets are never
+// The ticket holds the socket path, the run request's JSON header as the
+// Go client would send it (the user, the TTL and the build id), the
+// working directory, the environment recipe and policy, the timeout and
+// the warnings to print. For each call the constructor completes the header
+// (counts, size, its own stack limit) and sends the body as the Go client
+// does: the working directory, the command words and the environment, as
+// bytes (package execargs), inline or in a sealed memfd when large. Nothing
+// in it is text: non-UTF-8 arguments and values arrive exactly. A request
+// no execve would take (past execargs.MaxExec) ends with E2BIG's message
+// and 126, as it does on the Go path. The host's secrets are never
 // written down. The constructor applies the ticket's environment recipe to
 // each call's own environ, as oci.EnvRecipe.Build does, and names in the
 // request the variables it withheld as secrets (names, never values), so

@@ -29,9 +29,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -41,11 +44,19 @@
 extern char **environ;
 
 #define MATERIAL_MAGIC "lectic-nix-sandbox fast path v1\n"
-#define TICKET_MAGIC "lectic-nix-sandbox ticket 1"
+#define TICKET_MAGIC "lectic-nix-sandbox ticket 2"
 #define ENV_MODE "_LECTIC_NIX_SANDBOX_FAST="
 #define MAX_CANDIDATES 64
 #define MAX_TICKET (1 << 20)
-#define MAX_MESSAGE (256 << 10)
+/* A reply from the agent; a request is any size (see struct request). */
+#define MAX_MESSAGE (64 << 10)
+/* execargs.MaxExec: the most argv and environment bytes execve ever takes. */
+#define MAX_EXEC (6 << 20)
+/* warm's maxInline: a larger request body goes in a sealed memfd. */
+#define MAX_INLINE (32 << 10)
+/* warm.shown: how much of a command name a message quotes. */
+#define MAX_SHOWN 256
+#define EXIT_NOEXEC 126
 #define MAX_SOCKET 107
 /* The range of --timeout (flagvalue.MinTimeout, MaxTimeout); 0 is none. */
 #define MIN_TIMEOUT_NS 1000000LL
@@ -342,6 +353,7 @@ struct ticket {
 	char *data;
 	const char *sock;
 	const char *head;
+	const char *cwd;
 	size_t size;
 	long long timeout_ns;
 	int k; /* the command starts at args[k] */
@@ -526,6 +538,8 @@ static const char *check_ticket(struct ticket *t)
 			t->sock = sp + 1;
 		} else if (!strcmp(p, "head")) {
 			t->head = sp + 1;
+		} else if (!strcmp(p, "cwd")) {
+			t->cwd = sp + 1;
 		} else if (!strcmp(p, "timeout_ns")) {
 			if (parse_timeout(sp + 1, &t->timeout_ns))
 				return "the ticket's timeout is out of range";
@@ -551,7 +565,7 @@ static const char *check_ticket(struct ticket *t)
 		}
 		*sp = ' ';
 	}
-	if (!t->sock || !t->head || strlen(t->sock) > MAX_SOCKET)
+	if (!t->sock || !t->head || !t->cwd || strlen(t->sock) > MAX_SOCKET)
 		return "the ticket lacks a socket or a request";
 	return NULL;
 }
@@ -562,29 +576,6 @@ static void print_warnings(struct ticket *t)
 	for (p = t->data + strlen(t->data) + 1; p < t->data + t->size; p += strlen(p) + 1)
 		if (!strncmp(p, "warn ", 5))
 			say("lectic-nix-sandbox: warning: %s", p + 5);
-}
-
-/* ---- the request ---- */
-
-static void json_string(struct buf *b, const char *s)
-{
-	static const char hex[] = "0123456789abcdef";
-	buf_add(b, "\"", 1);
-	for (; *s; s++) {
-		unsigned char ch = *s;
-		if (ch == '"' || ch == '\\') {
-			char esc[2] = {'\\', ch};
-			buf_add(b, esc, 2);
-		} else if (ch < 0x20) {
-			char esc[6] = {'\\', 'u', '0', '0', hex[ch >> 4], hex[ch & 15]};
-			buf_add(b, esc, 6);
-		} else {
-			/* Invalid UTF-8 goes as it is: the agent's decoder turns
-			 * it into U+FFFD, as the Go client's encoder would. */
-			buf_add(b, s, 1);
-		}
-	}
-	buf_add(b, "\"", 1);
 }
 
 /* ---- the command's environment: oci.EnvRecipe.Apply ---- */
@@ -746,24 +737,39 @@ static const char *build_env(struct call *c, const struct recipe *r, struct envm
 	return m->oom ? "out of memory" : NULL;
 }
 
-static void json_kv(struct buf *b, const struct entry *e)
+/*
+ * ---- the request ----
+ *
+ * A JSON header (the ticket's head, completed with the body's counts and
+ * size and this process's stack limit) and a body of NUL-terminated byte
+ * strings: cwd, argv, environment, withheld names (package execargs). The
+ * bytes go as they are: nothing here is text.
+ */
+
+struct request {
+	struct buf head, body;
+	size_t exec_size; /* argv and environment bytes, as execve counts them */
+	const char *argv0;
+};
+
+static void body_add(struct buf *b, const char *s, size_t n)
 {
-	struct buf kv = {0};
-	buf_add(&kv, e->name, e->nlen);
-	buf_add(&kv, "=", 1);
-	buf_str(&kv, e->val);
-	if (kv.oom)
-		b->oom = 1;
-	else
-		json_string(b, kv.p);
-	free(kv.p);
+	buf_add(b, s, n);
+	buf_add(b, "", 1); /* its NUL */
 }
 
-static const char *build_request(struct call *c, struct ticket *t, struct buf *req)
+/*
+ * build_request fills req, or returns why not. A request no execve would
+ * take gives "E2BIG" (exec_size past MAX_EXEC): the caller says so as
+ * warm.Run does.
+ */
+static const char *build_request(struct call *c, struct ticket *t, struct request *req)
 {
 	struct envmap m = {0};
 	struct list withheld = {0};
+	struct rlimit rl;
 	const char *why;
+	char tail[160];
 	int i;
 
 	if ((why = build_env(c, &t->env, &m, &withheld))) {
@@ -771,42 +777,62 @@ static const char *build_request(struct call *c, struct ticket *t, struct buf *r
 		free(withheld.v);
 		return why;
 	}
-	buf_str(req, t->head);
-	buf_str(req, ",\"env\":[");
-	for (i = 0; i < m.n; i++) {
-		if (i > 0)
-			buf_add(req, ",", 1);
-		json_kv(req, &m.e[i]);
-	}
-	free(m.e);
-	if (withheld.n > 0) {
-		/* names only: the entries are NAME=value, cut at the "=" */
-		buf_str(req, "],\"withheld\":[");
-		for (i = 0; i < withheld.n; i++) {
-			struct buf name = {0};
-			if (i > 0)
-				buf_add(req, ",", 1);
-			buf_add(&name, withheld.v[i], name_len(withheld.v[i]));
-			if (name.oom)
-				req->oom = 1;
-			else
-				json_string(req, name.p);
-			free(name.p);
-		}
-	}
-	free(withheld.v);
-	buf_str(req, "],\"argv\":[");
+	req->argv0 = t->k < c->nargs ? c->args[t->k] : "";
+	body_add(&req->body, t->cwd, strlen(t->cwd));
 	for (i = t->k; i < c->nargs; i++) {
-		if (i > t->k)
-			buf_add(req, ",", 1);
-		json_string(req, c->args[i]);
+		size_t n = strlen(c->args[i]);
+		body_add(&req->body, c->args[i], n);
+		req->exec_size += n + 1;
 	}
-	buf_str(req, "]}");
-	if (req->oom)
+	for (i = 0; i < m.n; i++) {
+		size_t vlen = strlen(m.e[i].val);
+		buf_add(&req->body, m.e[i].name, m.e[i].nlen);
+		buf_add(&req->body, "=", 1);
+		body_add(&req->body, m.e[i].val, vlen);
+		req->exec_size += m.e[i].nlen + 1 + vlen + 1;
+	}
+	/* names only: the entries are NAME=value, cut at the "=" */
+	for (i = 0; i < withheld.n; i++)
+		body_add(&req->body, withheld.v[i], name_len(withheld.v[i]));
+	free(m.e);
+	free(withheld.v);
+	if (req->exec_size > MAX_EXEC)
+		return "E2BIG";
+	if (getrlimit(RLIMIT_STACK, &rl))
+		return "cannot read the stack limit";
+	buf_str(&req->head, t->head);
+	snprintf(tail, sizeof tail, ",\"argc\":%d,\"envc\":%d,\"withheldc\":%d,\"body\":%zu,\"stack_limit\":%llu%s}",
+		 c->nargs - t->k, m.n, withheld.n, req->body.n, (unsigned long long)rl.rlim_cur,
+		 req->body.n > MAX_INLINE ? ",\"body_fd\":true" : "");
+	buf_str(&req->head, tail);
+	if (req->head.oom || req->body.oom)
 		return "out of memory";
-	if (req->n > MAX_MESSAGE)
-		return "the request is too large for the fast path";
 	return NULL;
+}
+
+/* body_memfd returns a sealed memfd holding the body, or -1. */
+static int body_memfd(const struct buf *body)
+{
+	size_t off = 0;
+	int fd = syscall(SYS_memfd_create, "lectic-nix-sandbox-request", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+
+	if (fd < 0)
+		return -1;
+	while (off < body->n) {
+		ssize_t n = write(fd, body->p + off, body->n - off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			close(fd);
+			return -1;
+		}
+		off += n;
+	}
+	if (fcntl(fd, F_ADD_SEALS, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE)) {
+		close(fd);
+		return -1;
+	}
+	return fd;
 }
 
 /* ---- the agent's answers ---- */
@@ -1104,26 +1130,38 @@ static void follow(int fd, int sfd, long long timeout_ns)
  * run sends the request and follows it. It returns only when the agent
  * proved it ran nothing, with the reason to fall back.
  */
-static const char *run(struct ticket *t, struct buf *req)
+static const char *run(struct ticket *t, struct request *req)
 {
 	struct sockaddr_un addr = {.sun_family = AF_UNIX};
-	int fds[3] = {0, 1, 2}, fd, sfd, got;
+	int fds[4] = {0, 1, 2, -1}, nfds = 3, fd, sfd, got;
 	char ctl[CMSG_SPACE(sizeof fds)];
-	struct iovec iov = {req->p, req->n};
-	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl, .msg_controllen = sizeof ctl};
+	/* inline: the header, a NUL, the body; else the body is the 4th fd */
+	struct iovec iov[3] = {{req->head.p, req->head.n}, {"", 1}, {req->body.p, req->body.n}};
+	struct msghdr mh = {.msg_iov = iov, .msg_iovlen = 3, .msg_control = ctl};
 	struct cmsghdr *cm;
 	sigset_t sigs, old;
 	struct reply r;
-	ssize_t n;
+	ssize_t n, want = req->head.n + 1 + req->body.n;
 
+	if (req->body.n > MAX_INLINE) {
+		if ((fds[3] = body_memfd(&req->body)) < 0)
+			return "cannot put the request in a memfd";
+		nfds = 4, mh.msg_iovlen = 1, want = req->head.n;
+	}
+	mh.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
 	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	if (fd < 0)
+	if (fd < 0) {
+		if (fds[3] >= 0)
+			close(fds[3]);
 		return "cannot create a socket";
+	}
 	strcpy(addr.sun_path, t->sock);
 	while ((got = connect(fd, (struct sockaddr *)&addr, sizeof addr)) < 0 && errno == EINTR)
 		;
 	if (got < 0) {
 		close(fd);
+		if (fds[3] >= 0)
+			close(fds[3]);
 		return "no agent answers";
 	}
 	/* Signals are queued from here, so one that arrives while the
@@ -1137,18 +1175,22 @@ static const char *run(struct ticket *t, struct buf *req)
 	if (sfd < 0) {
 		sigprocmask(SIG_SETMASK, &old, NULL);
 		close(fd);
+		if (fds[3] >= 0)
+			close(fds[3]);
 		return "cannot create a signalfd";
 	}
 	memset(ctl, 0, sizeof ctl);
 	cm = CMSG_FIRSTHDR(&mh);
 	cm->cmsg_level = SOL_SOCKET;
 	cm->cmsg_type = SCM_RIGHTS;
-	cm->cmsg_len = CMSG_LEN(sizeof fds);
-	memcpy(CMSG_DATA(cm), fds, sizeof fds);
+	cm->cmsg_len = CMSG_LEN(nfds * sizeof(int));
+	memcpy(CMSG_DATA(cm), fds, nfds * sizeof(int));
 	do
 		n = sendmsg(fd, &mh, MSG_NOSIGNAL);
 	while (n < 0 && errno == EINTR);
-	if (n != (ssize_t)req->n)
+	if (fds[3] >= 0)
+		close(fds[3]); /* the agent has its own */
+	if (n != want)
 		goto unread;
 	got = recv_reply(fd, &r);
 	if (got < 0 && errno == ECONNRESET)
@@ -1197,20 +1239,35 @@ unread:
 	return "the agent did not take the request";
 }
 
+/* too_long ends a call no execve would take, in warm.Run's words. */
+static void too_long(struct ticket *t, const char *argv0)
+{
+	print_warnings(t);
+	say("lectic-nix-sandbox: cannot execute %.*s%s: argument list too long", MAX_SHOWN, argv0,
+	    strlen(argv0) > MAX_SHOWN ? "..." : "");
+	_exit(EXIT_NOEXEC);
+}
+
 static const char *fast_call(struct call *c)
 {
 	struct ticket t = {0};
-	struct buf req = {0};
+	struct request req = {0};
 	const char *why;
 
 	if ((why = read_cmdline(c)) || (why = env_list(c)) || (why = ticket_dir(c)) ||
 	    (why = describe(c)) || (why = open_ticket(c, &t)))
 		goto out;
-	if ((why = check_ticket(&t)) || (why = build_request(c, &t, &req)))
+	if ((why = check_ticket(&t)))
 		goto out;
+	if ((why = build_request(c, &t, &req))) {
+		if (!strcmp(why, "E2BIG"))
+			too_long(&t, req.argv0);
+		goto out;
+	}
 	why = run(&t, &req);
 out:
-	free(req.p);
+	free(req.head.p);
+	free(req.body.p);
 	ticket_free(&t);
 	return why;
 }

@@ -17,7 +17,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/execargs"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/flagvalue"
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/testenv"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/netpolicy"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/oci"
 )
@@ -68,11 +70,57 @@ func recvJSON(fd int) (map[string]any, []int, error) {
 			fds = append(fds, got...)
 		}
 	}
+	// A run request is a JSON header and a body of byte strings, in the
+	// same packet after a NUL or in a memfd passed last (execargs).
+	head, body, hasBody := bytes.Cut(buf[:n], []byte{0})
 	var m map[string]any
-	if err := json.Unmarshal(buf[:n], &m); err != nil {
-		return nil, fds, fmt.Errorf("decode %q: %w", buf[:n], err)
+	if err := json.Unmarshal(head, &m); err != nil {
+		return nil, fds, fmt.Errorf("decode %q: %w", head, err)
 	}
+	if m["type"] != "run" {
+		return m, fds, nil
+	}
+	if m["body_fd"] == true {
+		if hasBody || len(fds) != 4 {
+			return nil, fds, fmt.Errorf("a memfd body with %d fds and inline bytes %v", len(fds), hasBody)
+		}
+		var err error
+		body, err = readMemfd(fds[3])
+		unix.Close(fds[3])
+		fds = fds[:3]
+		if err != nil {
+			return nil, fds, err
+		}
+	} else if !hasBody {
+		return nil, fds, errors.New("a run request without a body")
+	}
+	count := func(k string) int { f, _ := m[k].(float64); return int(f) }
+	if count("body") != len(body) {
+		return nil, fds, fmt.Errorf("body of %d bytes, header says %d", len(body), count("body"))
+	}
+	a, err := execargs.Decode(body, count("argc"), count("envc"), count("withheldc"))
+	if err != nil {
+		return nil, fds, err
+	}
+	m["cwd"], m["argv"], m["env"], m["withheld"] = a.Cwd, a.Argv, a.Env, a.Withheld
 	return m, fds, nil
+}
+
+// readMemfd reads a sealed memfd body whole.
+func readMemfd(fd int) ([]byte, error) {
+	seals, err := unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0)
+	if err != nil || seals&unix.F_SEAL_WRITE == 0 {
+		return nil, fmt.Errorf("the body memfd is not sealed (%#x, %v)", seals, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return nil, err
+	}
+	b := make([]byte, st.Size)
+	if n, err := unix.Pread(fd, b, 0); err != nil || n != len(b) {
+		return nil, fmt.Errorf("read the body memfd: %d of %d bytes, %v", n, len(b), err)
+	}
+	return b, nil
 }
 
 // fakeAgent listens on sock and hands each connection's first message to
@@ -163,13 +211,23 @@ func runChild(t *testing.T, args []string, env []string, during func(p *os.Proce
 }
 
 type fastCase struct {
-	name    string
-	opts    []string
-	term    bool
-	argv    []string // what the child gets after the options
-	env     []string // extra child environment
-	named   []string // --env values in the recipe
-	post    []string // added to the recipe's Post, as an allow-list's proxy variables are
+	name  string
+	opts  []string
+	term  bool
+	argv  []string // what the child gets after the options
+	env   []string // extra child environment
+	named []string // --env values in the recipe
+	post  []string // added to the recipe's Post, as an allow-list's proxy variables are
+	// imageEnv is the image's Env in the recipe (default PATH and LANG).
+	imageEnv []string
+	// stack is the soft stack limit the child runs with (0: the test's):
+	// what decides how much argv and environment its execve takes.
+	stack uint64
+	// execSize, when set, pads argv with one word so that the request's
+	// argv and environment are exactly this many bytes.
+	execSize int
+	// unsent: the constructor must answer without sending a request.
+	unsent  bool
 	timeout time.Duration
 	reply   agentReply
 	// breakTicket runs after the ticket is written.
@@ -203,8 +261,8 @@ func TestFastPath(t *testing.T) {
 		{name: "option values that look like commands", opts: []string{"-v", "/a:/b", "--persist", "p", "--allow-net"}, argv: []string{"sh", "-c", "echo hi"}, reply: exitWith(0, 0)},
 		{name: "many option values", opts: manyVolumes(20), argv: []string{"true"}, reply: exitWith(0, 0)},
 		{name: "after --", opts: []string{"--image", "/img.tar", "--"}, term: true, argv: []string{"-weird", "x"}, reply: exitWith(5, 0), wantCode: 5},
-		{name: "words that need escaping", argv: []string{"printf", "a\"b\\c\nd\te\x01", "ünï", "\xff\xfe", ""}, reply: exitWith(0, 0),
-			wantArgv: []string{"printf", "a\"b\\c\nd\te\x01", "ünï", "\ufffd\ufffd", ""}},
+		{name: "bytes as they are", argv: []string{"printf", "a\"b\\c\nd\te\x01", "ünï", "\xff\xfe", "caf\xe9", "\xc3\x28", ""},
+			env: []string{"LATIN=caf\xe9 na\xefve", "BIN=\x01\x7f\xff"}, reply: exitWith(0, 0), wantEnv: map[string]bool{"LATIN": true, "BIN": true}},
 		{name: "environment policy", argv: []string{"env"}, named: []string{"KEEP_TOKEN", "SET_ME=1", "SET_ME=2", "_LECTIC_NIX_SANDBOX_X=no"},
 			env:   []string{"PER_CALL=42", "GH_TOKEN=secret", "MY_PASSWORD=x", "KEEP_TOKEN=kept", "SET_ME=host", "XDG_RUNTIME_DIR=/run", "aws_access=1", "_libcontainer_foo=1"},
 			reply: exitWith(0, 0),
@@ -337,17 +395,28 @@ func runFastCase(t *testing.T, tc fastCase) {
 		t.Fatal(err)
 	}
 	c.changed = time.Time{} // the racy rule is tested on its own
-	recipe := oci.NewEnvRecipe([]string{"PATH=/bin", "LANG=C"}, tc.named, "/home/tester", "tester")
+	imageEnv := tc.imageEnv
+	if imageEnv == nil {
+		imageEnv = []string{"PATH=/bin", "LANG=C"}
+	}
+	recipe := oci.NewEnvRecipe(imageEnv, tc.named, "/home/tester", "tester")
 	recipe.Post = append(recipe.Post, tc.post...)
-	head := `{"type":"run","proto":1,"build":"b1","cwd":"/w","user":{"mode":"caller","uid":1,"gid":1},"ttl_seconds":900}`
+	head := `{"type":"run","proto":2,"build":"b1","user":{"mode":"caller","uid":1,"gid":1},"ttl_seconds":900}`
 	inv := Invocation{Options: tc.opts, Terminated: tc.term}
-	if err := Write(dir, inv, Ticket{Socket: sock, Request: []byte(head), Env: recipe, Timeout: tc.timeout,
+	if err := Write(dir, inv, Ticket{Socket: sock, Request: []byte(head), Cwd: "/w\xe9", Env: recipe, Timeout: tc.timeout,
 		Warnings: []string{"--podman-exe is ignored"}, Checks: []Check{c}}); err != nil {
 		t.Fatal(err)
 	}
 	seen := fakeAgent(t, sock, tc.reply)
 	if tc.breakTicket != nil {
 		tc.breakTicket(t, dir, sock, checked)
+	}
+	if tc.stack != 0 {
+		restore := withStack(t, tc.stack)
+		defer restore()
+	}
+	if tc.execSize > 0 {
+		tc.argv = padTo(t, tc.argv, recipe, tc.env, tc.execSize)
 	}
 	got := runChild(t, append(append([]string(nil), tc.opts...), tc.argv...), tc.env, tc.during)
 	if got.code != tc.wantCode {
@@ -358,6 +427,14 @@ func runFastCase(t *testing.T, tc fastCase) {
 	}
 	if tc.wantNotStderr != "" && strings.Contains(got.stderr, tc.wantNotStderr) {
 		t.Errorf("stderr %q must not contain %q", got.stderr, tc.wantNotStderr)
+	}
+	if tc.unsent {
+		select {
+		case <-seen:
+			t.Error("the request was sent")
+		default:
+		}
+		return
 	}
 	if tc.wantCode == exitFellBack || tc.wantCode == 125 && strings.Contains(tc.wantStderr, "not taken") {
 		if strings.Contains(got.stderr, "warning:") {
@@ -377,7 +454,12 @@ func runFastCase(t *testing.T, tc fastCase) {
 
 func checkRequest(t *testing.T, req map[string]any, tc fastCase, recipe oci.EnvRecipe) {
 	t.Helper()
-	for k, want := range map[string]any{"type": "run", "proto": float64(1), "build": "b1", "cwd": "/w", "ttl_seconds": float64(900)} {
+	var stack unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_STACK, &stack); err != nil {
+		t.Fatal(err)
+	}
+	for k, want := range map[string]any{"type": "run", "proto": float64(2), "build": "b1", "cwd": "/w\xe9", "ttl_seconds": float64(900),
+		"stack_limit": float64(stack.Cur)} {
 		if req[k] != want {
 			t.Errorf("request %s = %v, want %v", k, req[k], want)
 		}
@@ -445,6 +527,12 @@ func manyVolumes(n int) []string {
 }
 
 func strList(v any) []string {
+	if l, ok := v.([]string); ok {
+		if l == nil {
+			return []string{}
+		}
+		return l
+	}
 	list, _ := v.([]any)
 	out := []string{}
 	for _, s := range list {
@@ -519,4 +607,79 @@ func rewriteRecord(t *testing.T, dir, tag, value string) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// withStack sets this process's soft stack limit, which children inherit,
+// and returns what puts it back.
+func withStack(t *testing.T, cur uint64) func() {
+	t.Helper()
+	var old unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_STACK, &old); err != nil {
+		t.Fatal(err)
+	}
+	if old.Max < cur {
+		testenv.Missing(t, fmt.Sprintf("the hard stack limit %d is below %d", old.Max, cur))
+	}
+	if err := unix.Setrlimit(unix.RLIMIT_STACK, &unix.Rlimit{Cur: cur, Max: old.Max}); err != nil {
+		t.Fatal(err)
+	}
+	return func() { _ = unix.Setrlimit(unix.RLIMIT_STACK, &old) }
+}
+
+// TestLargeRequests: the request is not bounded by a socket packet: a
+// hundred thousand words and ten thousand variables reach the agent byte
+// for byte (in a sealed memfd), up to exactly execargs.MaxExec bytes of
+// argv and environment; one byte more is E2BIG, said as the Go client says
+// it, with nothing sent.
+func TestLargeRequests(t *testing.T) {
+	many := make([]string, 100000)
+	for i := range many {
+		many[i] = "w\xe9" + strconv.Itoa(i)
+	}
+	vars := make([]string, 10000)
+	for i := range vars {
+		vars[i] = fmt.Sprintf("VAR_%d=value \xff %d", i, i)
+	}
+	t.Run("100k words", func(t *testing.T) {
+		runFastCase(t, fastCase{argv: append([]string{"xargs-like"}, many...), reply: exitWith(0, 0)})
+	})
+	t.Run("10k variables", func(t *testing.T) {
+		runFastCase(t, fastCase{argv: []string{"env"}, env: vars, reply: exitWith(0, 0)})
+	})
+	// 100 KiB strings, under the kernel's 128 KiB a string: 52 words in
+	// argv, 9 variables from the image (only in the request: the ticket
+	// carries them), and one word padded to hit the limit exactly.
+	const chunk = 100 << 10
+	imageEnv := []string{"PATH=/bin"}
+	for i := range 9 {
+		imageEnv = append(imageEnv, fmt.Sprintf("IMG%d=%s", i, strings.Repeat("\xe9", chunk)))
+	}
+	argv := []string{"true"}
+	for range 52 {
+		argv = append(argv, strings.Repeat("a", chunk))
+	}
+	t.Run("exactly MaxExec", func(t *testing.T) {
+		runFastCase(t, fastCase{argv: argv, execSize: execargs.MaxExec, imageEnv: imageEnv, stack: 64 << 20, reply: exitWith(0, 0)})
+	})
+	t.Run("one byte more", func(t *testing.T) {
+		runFastCase(t, fastCase{argv: argv, execSize: execargs.MaxExec + 1, imageEnv: imageEnv, stack: 64 << 20,
+			reply: exitWith(0, 0), unsent: true, wantCode: 126,
+			wantStderr: "lectic-nix-sandbox: warning: --podman-exe is ignored\nlectic-nix-sandbox: cannot execute true: argument list too long\n"})
+	})
+}
+
+// padTo appends to argv one word that makes argv and the environment the
+// child's request will carry exactly size bytes, as execve counts them.
+func padTo(t *testing.T, argv []string, recipe oci.EnvRecipe, extra []string, size int) []string {
+	t.Helper()
+	env, _ := recipe.Build(childEnviron(extra))
+	have := 0
+	for _, s := range append(append([]string(nil), argv...), env...) {
+		have += len(s) + 1
+	}
+	pad := size - have - 1 // the padding word's own NUL
+	if pad < 0 || pad > 128<<10-1 {
+		t.Fatalf("padding of %d bytes does not fit one string", pad)
+	}
+	return append(append([]string(nil), argv...), strings.Repeat("p", pad))
 }

@@ -22,7 +22,7 @@ import (
 // Both sides of the format: fastpath.c reads what this file writes.
 const (
 	materialMagic = "lectic-nix-sandbox fast path v1\n"
-	ticketMagic   = "lectic-nix-sandbox ticket 1"
+	ticketMagic   = "lectic-nix-sandbox ticket 2"
 	// ModeEnv is the variable that turns the fast path off ("off") or makes
 	// it mandatory ("require"). It is left out of a ticket's name.
 	ModeEnv = "_LECTIC_NIX_SANDBOX_FAST"
@@ -95,10 +95,12 @@ type Invocation struct {
 // Ticket is what a later identical invocation needs to make the call.
 type Ticket struct {
 	Socket string
-	// Request is the run request as JSON without env and argv: the
-	// constructor appends Env applied to its own environ, and the command
-	// words.
+	// Request is the run request's JSON header (warm.FastRequest). The
+	// constructor completes it for each call and sends with it the body:
+	// Cwd, the command words, Env applied to its own environ, and the
+	// names that withheld (package execargs).
 	Request  []byte
+	Cwd      string
 	Env      oci.EnvRecipe
 	Timeout  time.Duration
 	Warnings []string
@@ -215,7 +217,7 @@ func encode(t Ticket) ([]byte, error) {
 		b.WriteByte(0)
 		return nil
 	}
-	recs := []string{ticketMagic, "sock " + t.Socket, "head " + string(req[:len(req)-1]),
+	recs := []string{ticketMagic, "sock " + t.Socket, "head " + string(req[:len(req)-1]), "cwd " + t.Cwd,
 		"timeout_ns " + strconv.FormatInt(t.Timeout.Nanoseconds(), 10)}
 	for _, w := range t.Warnings {
 		recs = append(recs, "warn "+w)

@@ -313,6 +313,16 @@ func (a *agent) handleRun(c conn, m *message, fds []int) {
 		a.end()
 		return
 	}
+	if !a.isHelper && m.Withheldc > 0 {
+		// Only the names are needed here; a body the agent hands to a
+		// helper is otherwise never read by the agent.
+		if err := m.loadBody(fds); err != nil {
+			_ = c.send(&message{Type: msgError, Code: 125, Message: err.Error()})
+			closeAll(fds)
+			a.end()
+			return
+		}
+	}
 	if !a.isHelper {
 		// The agent decides what this container has said; a helper
 		// relays the notice its agent put in the forwarded request.
@@ -340,6 +350,7 @@ func (a *agent) handleRun(c conn, m *message, fds []int) {
 		return
 	}
 	rec.setPid(p.pid)
+	m.dropBody()
 	if a.onStart != nil {
 		a.onStart(m.ID, p.pid)
 	}
@@ -370,8 +381,8 @@ func (a *agent) checkRun(c conn, m *message, fds []int) bool {
 	if m.TTLSeconds != nil {
 		a.setTTL(*m.TTLSeconds)
 	}
-	if len(fds) != 3 {
-		_ = c.send(&message{Type: msgError, Code: 125, Message: fmt.Sprintf("run request carries %d fds, want 3 (stdin, stdout, stderr)", len(fds))})
+	if want := 3 + m.bodyFDs(); len(fds) != want {
+		_ = c.send(&message{Type: msgError, Code: 125, Message: fmt.Sprintf("run request carries %d fds, want %d (stdin, stdout, stderr, and a memfd body if announced)", len(fds), want)})
 		return false
 	}
 	return true
@@ -418,6 +429,9 @@ func tell(c conn, n *message) bool {
 
 // start resolves and starts the command of a run request.
 func (a *agent) start(c conn, m *message, fds []int) (*proc, *cmdError) {
+	if err := m.loadBody(fds); err != nil {
+		return nil, &cmdError{125, err.Error()}
+	}
 	user := UserSpec{Mode: "caller"}
 	if m.User != nil {
 		user = *m.User
@@ -431,6 +445,7 @@ func (a *agent) start(c conn, m *message, fds []int) (*proc, *cmdError) {
 		return nil, errClientGone
 	}
 	spec.files = [3]int{fds[0], fds[1], fds[2]}
+	spec.stack = m.StackLimit
 	p, err := a.reaper.spawn(spec)
 	if err != nil {
 		return nil, execError(m.Argv[0], err)

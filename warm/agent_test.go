@@ -26,8 +26,8 @@ func pipeRun(t *testing.T, a *testAgent, r Request, input string, spec ...Spec) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	outR, outW, _ := os.Pipe()
-	errR, errW, _ := os.Pipe()
+	outR, outW := blockingPipe(t)
+	errR, errW := blockingPipe(t)
 	r.Stdin, r.Stdout, r.Stderr = inR, outW, errW
 	go func() {
 		_, _ = io.WriteString(inW, input)
@@ -56,6 +56,19 @@ func pipeRun(t *testing.T, a *testAgent, r Request, input string, spec ...Spec) 
 	outR.Close()
 	errR.Close()
 	return out.String(), serr.String(), code, runErr
+}
+
+// blockingPipe is a pipe in blocking mode, as a caller's stdout is: a
+// command that writes more than the pipe holds waits for the reader
+// instead of failing with EAGAIN (os.Pipe is non-blocking, and the
+// command shares its file description).
+func blockingPipe(t *testing.T) (r, w *os.File) {
+	t.Helper()
+	var fds [2]int
+	if err := syscall.Pipe2(fds[:], syscall.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	return os.NewFile(uintptr(fds[0]), "pipe"), os.NewFile(uintptr(fds[1]), "pipe")
 }
 
 func TestExitCodes(t *testing.T) {
@@ -445,7 +458,12 @@ func TestOneShot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	code, err := call(c, a.spec(), Request{Argv: []string{"sh", "-c", "exit 5"}, Env: []string{"PATH=" + tools}, Cwd: "/", User: UserSpec{Mode: "root"}})
+	r := Request{Argv: []string{"sh", "-c", "exit 5"}, Env: []string{"PATH=" + tools}, Cwd: "/", User: UserSpec{Mode: "root"}}
+	m, bodyFD, err := newRequest(a.spec(), r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, err := call(c, r, m, bodyFD)
 	if err != nil || code != 5 {
 		t.Fatalf("code %d err %v", code, err)
 	}
@@ -472,6 +490,9 @@ func TestProtocolMismatchRejected(t *testing.T) {
 			defer c.close()
 			marker := filepath.Join(t.TempDir(), "ran")
 			m := &message{Type: msgRun, Proto: tc.proto, Build: tc.build, Argv: []string{"touch", marker}, Env: []string{"PATH=" + tools}, Cwd: "/", User: &UserSpec{Mode: "root"}}
+			if _, err := attachBody(m); err != nil {
+				t.Fatal(err)
+			}
 			if err := c.send(m, 0, 1, 2); err != nil {
 				t.Fatal(err)
 			}

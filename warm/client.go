@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/execargs"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/namespace"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/netpolicy"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/oci"
@@ -103,7 +104,21 @@ func Run(ctx context.Context, tempRoot string, s Spec, r Request) (int, error) {
 	if err != nil {
 		return exitSandbox, err
 	}
-	code, err := runWithRetry(ctx, tempRoot, s, r, sock)
+	m, bodyFD, err := newRequest(s, r)
+	if errors.Is(err, execargs.ErrTooLong) {
+		// No execve takes it, here or in the container: said as the
+		// agent says E2BIG, before any container is started for it.
+		cerr := execError(argv0(r.Argv), syscall.E2BIG)
+		say(orDefault(r.Stderr, os.Stderr), cerr.msg)
+		return cerr.code, nil
+	}
+	if err != nil {
+		return exitSandbox, err
+	}
+	if bodyFD >= 0 {
+		defer unix.Close(bodyFD)
+	}
+	code, err := runWithRetry(ctx, tempRoot, s, r, sock, m, bodyFD)
 	if s.OneShot {
 		// Nothing stays behind: wait for the supervisor's cleanup.
 		waitGone(warmDir(tempRoot, s.Key), 10*time.Second)
@@ -157,7 +172,25 @@ func (s *Spec) fill() error {
 	return nil
 }
 
-func runWithRetry(ctx context.Context, tempRoot string, s Spec, r Request, sock string) (int, error) {
+// newRequest is r's run message and, when its body is too large to go
+// inline, the memfd that carries it (else -1; the caller closes it).
+func newRequest(s Spec, r Request) (*message, int, error) {
+	m := runMessage(s, r)
+	fd, err := attachBody(m)
+	if err != nil {
+		return nil, -1, err
+	}
+	return m, fd, nil
+}
+
+func argv0(argv []string) string {
+	if len(argv) == 0 {
+		return ""
+	}
+	return argv[0]
+}
+
+func runWithRetry(ctx context.Context, tempRoot string, s Spec, r Request, sock string, m *message, bodyFD int) (int, error) {
 	const attempts = 4
 	var last error
 	for i := 0; i < attempts; i++ {
@@ -171,7 +204,7 @@ func runWithRetry(ctx context.Context, tempRoot string, s Spec, r Request, sock 
 			}
 			continue
 		}
-		code, err := call(c, s, r)
+		code, err := call(c, r, m, bodyFD)
 		switch {
 		case errors.Is(err, errMismatch):
 			if err := Stop(tempRoot, s.Key); err != nil {
@@ -186,10 +219,10 @@ func runWithRetry(ctx context.Context, tempRoot string, s Spec, r Request, sock 
 	return exitSandbox, fmt.Errorf("the sandbox agent keeps going away (%v); see %s/log", last, warmDir(tempRoot, s.Key))
 }
 
-// call sends one run request on c and follows it to the command's exit.
-func call(c conn, s Spec, r Request) (int, error) {
+// call sends the run request m (its body in bodyFD unless that is -1) on
+// c and follows it to the command's exit.
+func call(c conn, r Request, m *message, bodyFD int) (int, error) {
 	defer c.close()
-	m := runMessage(s, r)
 	stdio := [3]*os.File{orDefault(r.Stdin, os.Stdin), orDefault(r.Stdout, os.Stdout), orDefault(r.Stderr, os.Stderr)}
 	fds, err := rawFDs(stdio)
 	if err != nil {
@@ -200,12 +233,20 @@ func call(c conn, s Spec, r Request) (int, error) {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
-	err = c.send(m, fds[:]...)
+	pass := fds[:]
+	if bodyFD >= 0 {
+		pass = append(pass, bodyFD)
+	}
+	err = c.send(m, pass...)
 	for _, f := range stdio {
 		runtime.KeepAlive(f)
 	}
-	if err != nil {
+	switch {
+	case errors.Is(err, unix.EPIPE), errors.Is(err, unix.ECONNRESET), errors.Is(err, unix.ECONNREFUSED):
 		return exitSandbox, errAgentGone
+	case err != nil:
+		// Not the agent's doing: another attempt would fail the same way.
+		return exitSandbox, fmt.Errorf("sandbox agent: %w", err)
 	}
 	reply, fds2, err := c.recv()
 	closeAll(fds2)
@@ -254,11 +295,22 @@ func call(c conn, s Spec, r Request) (int, error) {
 	return follow(c, sigs, r.Timeout)
 }
 
-// runMessage is the run request for r; r.User is already resolved.
+// runMessage is the run request for r, without its body laid out;
+// r.User is already resolved.
 func runMessage(s Spec, r Request) *message {
 	ttl := int64(s.TTL / time.Second)
 	return &message{Type: msgRun, Proto: Proto, Build: s.BuildID, Argv: r.Argv, Env: r.Env, Withheld: r.Withheld,
-		Cwd: r.Cwd, User: &r.User, TTLSeconds: &ttl}
+		Cwd: r.Cwd, User: &r.User, TTLSeconds: &ttl, StackLimit: stackLimit()}
+}
+
+// stackLimit is this process's soft RLIMIT_STACK, which its command gets
+// (message.StackLimit); nil when it cannot be read.
+func stackLimit() *uint64 {
+	var rl unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_STACK, &rl) != nil {
+		return nil
+	}
+	return &rl.Cur
 }
 
 // lineBreaks keeps a line one line, as fastpath.c's reply parser does.
@@ -273,9 +325,10 @@ func say(w io.Writer, line string) {
 }
 
 // FastRequest is what a fast-path ticket for s and r holds: the agent's
-// socket and the run message exactly as Run would send it, without env,
-// withheld names and argv (the fast path appends, for each call, its
-// environment, the names it withheld and the command words).
+// socket and the run message's JSON header as Run would send it, without
+// what the fast path adds for each call: the body (r.Cwd, which the ticket
+// holds on its own, its environment, the names it withheld and the command
+// words), the body's counts and size, and its own stack limit.
 func FastRequest(tempRoot string, s Spec, r Request) (sock string, msg []byte, err error) {
 	if s.OneShot {
 		return "", nil, errors.New("a one-shot call has no fast path")
@@ -283,8 +336,9 @@ func FastRequest(tempRoot string, s Spec, r Request) (sock string, msg []byte, e
 	if sock, err = resolve(tempRoot, &s, &r); err != nil {
 		return "", nil, err
 	}
-	r.Argv, r.Env, r.Withheld = nil, nil, nil
-	msg, err = json.Marshal(runMessage(s, r))
+	m := runMessage(s, r)
+	m.StackLimit = nil
+	msg, err = json.Marshal(m)
 	if err != nil {
 		return "", nil, fmt.Errorf("encode the run request: %w", err)
 	}

@@ -26,6 +26,7 @@ type cmdSpec struct {
 	dir   string
 	sys   *syscall.SysProcAttr
 	files [3]int
+	stack *uint64 // soft RLIMIT_STACK for the command; nil: the agent's
 }
 
 // prepare validates a run request and turns it into a cmdSpec.
@@ -88,9 +89,9 @@ func lookPath(name, path, cwd string) (string, *cmdError) {
 		case err == nil:
 			return full, nil
 		case errors.Is(err, os.ErrNotExist):
-			return "", &cmdError{127, "command not found: " + name}
+			return "", &cmdError{127, "command not found: " + shown(name)}
 		default:
-			return "", &cmdError{126, fmt.Sprintf("cannot execute %s: %v", name, err)}
+			return "", &cmdError{126, fmt.Sprintf("cannot execute %s: %v", shown(name), err)}
 		}
 	}
 	var denied error
@@ -110,12 +111,24 @@ func lookPath(name, path, cwd string) (string, *cmdError) {
 		}
 	}
 	if denied != nil {
-		return "", &cmdError{126, fmt.Sprintf("cannot execute %s: %v", name, denied)}
+		return "", &cmdError{126, fmt.Sprintf("cannot execute %s: %v", shown(name), denied)}
 	}
-	return "", &cmdError{127, "command not found: " + name}
+	return "", &cmdError{127, "command not found: " + shown(name)}
 }
 
 var errNotExecutable = errors.New("permission denied")
+
+// maxShown bounds a command name quoted in a message: an argument may be
+// 128 KiB, a reply must stay one short packet and one line.
+const maxShown = 256
+
+// shown is name as a message quotes it, cut short when it is long.
+func shown(name string) string {
+	if len(name) <= maxShown {
+		return name
+	}
+	return name[:maxShown] + "..."
+}
 
 // executable reports whether path is a regular file with an execute bit.
 func executable(path string) error {
@@ -139,12 +152,13 @@ func executable(path string) error {
 func execError(name string, err error) *cmdError {
 	switch {
 	case errors.Is(err, syscall.ENOENT):
-		return &cmdError{127, fmt.Sprintf("command not found: %s (or its interpreter)", name)}
+		return &cmdError{127, fmt.Sprintf("command not found: %s (or its interpreter)", shown(name))}
 	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM), errors.Is(err, syscall.ENOEXEC),
-		errors.Is(err, syscall.EISDIR), errors.Is(err, syscall.ETXTBSY):
-		return &cmdError{126, fmt.Sprintf("cannot execute %s: %v", name, err)}
+		errors.Is(err, syscall.EISDIR), errors.Is(err, syscall.ETXTBSY), errors.Is(err, syscall.E2BIG):
+		// E2BIG is 126, as a shell reports an argument list too long.
+		return &cmdError{126, fmt.Sprintf("cannot execute %s: %v", shown(name), err)}
 	default:
-		return &cmdError{125, fmt.Sprintf("start %s: %v", name, err)}
+		return &cmdError{125, fmt.Sprintf("start %s: %v", shown(name), err)}
 	}
 }
 

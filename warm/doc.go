@@ -9,8 +9,17 @@
 // # A call
 //
 // Run connects to T/warm/<key>/agent.sock (SOCK_SEQPACKET) and sends one
-// JSON "run" message with its fds 0, 1 and 2 attached (SCM_RIGHTS): the
-// command writes straight to the caller's stdout. The agent answers
+// "run" message with its fds 0, 1 and 2 attached (SCM_RIGHTS): the
+// command writes straight to the caller's stdout. Messages are JSON, except
+// what is bytes, not text: a run message's cwd, argv, environment and
+// withheld names are its body (package execargs), NUL-terminated strings
+// as execve takes them, which follow the JSON header in the same packet
+// after a NUL, or, when larger than fits a packet comfortably (maxInline),
+// come in a sealed memfd passed as a fourth fd. A request may thus be as
+// large as execve allows (ARG_MAX with the caller's stack limit, which the
+// command gets too); one that no execve takes is E2BIG (126) before
+// anything is sent. The agent hands a memfd body to an identity helper
+// as it came, without reading it. The agent answers
 // "started" or "error" (125 sandbox, 126 not executable, 127 not found),
 // then "exit". When it has something to tell the caller first, it sends
 // "notice" before the command starts and starts it once the client has

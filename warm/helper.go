@@ -184,8 +184,11 @@ func (h *helper) serve(c conn, m *message, fds []int, onPid func(int)) bool {
 	fwd.ID = id
 	fwd.User = &UserSpec{Mode: "root"} // the helper already is the user
 	fwd.Build, fwd.TTLSeconds = "", nil
+	// The body goes on as it came: inline, or the same memfd, which the
+	// agent itself never has to read.
+	fwd.Argv, fwd.Env, fwd.Withheld = nil, nil, nil
 	h.sendMu.Lock()
-	err := h.c.send(&fwd, c.fd, fds[0], fds[1], fds[2])
+	err := h.c.send(&fwd, append([]int{c.fd}, fds...)...)
 	h.sendMu.Unlock()
 	if err != nil {
 		h.complete(id)
@@ -305,7 +308,7 @@ func runHelper() int {
 			a.reaper.killAll()
 			return 0
 		}
-		if m.Type != msgRun || len(fds) != 4 {
+		if m.Type != msgRun || len(fds) != 4+m.bodyFDs() {
 			closeAll(fds)
 			continue
 		}

@@ -41,6 +41,10 @@ func withheldText(names []string) string {
 		listed = listed[:maxNamesListed]
 		more = " and " + strconv.Itoa(len(names)-maxNamesListed) + " more"
 	}
+	listed = append([]string(nil), listed...)
+	for i, n := range listed {
+		listed[i] = shown(n) // a name may be 128 KiB; the notice is one short line
+	}
 	return "withheld " + strings.Join(listed, ", ") + more +
 		" from the command (variables whose names look like secrets are not passed); to pass one, add --env NAME to the sandbox line or set " +
 		"LECTIC_NIX_SANDBOX_PASS_ENV=" + strings.Join(listed, ",") + " in the tool's env"

@@ -1,6 +1,7 @@
 package warm
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,11 +14,21 @@ import (
 // Proto is the version of the wire protocol between client and agent. A
 // client that meets an agent of another version (or another build) replaces
 // the agent instead of talking to it.
-const Proto = 1
+const Proto = 2
 
-// maxMessage bounds one protocol message. Requests carry the whole
-// environment, which stays far below this in practice.
-const maxMessage = 256 << 10
+// maxInline is the largest run body that travels in the request's own
+// packet. A SOCK_SEQPACKET message must fit the sender's socket buffer
+// (net.core.wmem_default, about 208 KiB), so anything larger goes in a
+// sealed memfd passed with the request instead: a request may be as large
+// as execve allows (execargs.MaxExec), never more than one packet long.
+const maxInline = 32 << 10
+
+// maxMessage bounds one packet: a JSON header and an inline body.
+const maxMessage = maxInline + 32<<10
+
+// maxFDs is the most fds one message carries: a run request forwarded to
+// an identity helper has the client's connection, stdio and a memfd body.
+const maxFDs = 5
 
 // maxSocketPath is the usable length of sun_path including its NUL.
 const maxSocketPath = 107
@@ -65,16 +76,36 @@ type message struct {
 	Build string `json:"build,omitempty"`
 
 	// run
-	Argv       []string  `json:"argv,omitempty"`
-	Env        []string  `json:"env,omitempty"`
-	Cwd        string    `json:"cwd,omitempty"`
 	User       *UserSpec `json:"user,omitempty"`
 	TTLSeconds *int64    `json:"ttl_seconds,omitempty"`
+	// StackLimit is the caller's soft RLIMIT_STACK. It bounds how much
+	// argv and environment execve takes (a quarter of it, up to
+	// execargs.MaxExec), so the command gets it too, as far as the
+	// container's hard limit allows: what the caller's host would run, the
+	// sandbox runs.
+	StackLimit *uint64 `json:"stack_limit,omitempty"`
 
-	// Withheld (run) names the caller's variables the client kept back
-	// as secrets: names only, never values. The agent reports each name
-	// once per container, in Notice.
-	Withheld []string `json:"withheld,omitempty"`
+	// A run message's cwd, argv, environment and withheld names are byte
+	// strings (package execargs), not JSON text: its body. The header
+	// gives the counts and the body's size; the body follows the header
+	// in the same packet after a NUL, or, when BodyFD, is a sealed memfd
+	// passed as the last fd.
+	Argc      int  `json:"argc,omitempty"`
+	Envc      int  `json:"envc,omitempty"`
+	Withheldc int  `json:"withheldc,omitempty"`
+	Body      int  `json:"body,omitempty"`
+	BodyFD    bool `json:"body_fd,omitempty"`
+
+	// The body once loaded (loadBody). Withheld names the caller's
+	// variables the client kept back as secrets: names only, never
+	// values; the agent reports each name once per container, in Notice.
+	Cwd      string   `json:"-"`
+	Argv     []string `json:"-"`
+	Env      []string `json:"-"`
+	Withheld []string `json:"-"`
+	// inline is the body as it came in the packet, forwarded as it is.
+	inline []byte
+	loaded bool
 
 	// ID names a request the agent delegated to an identity helper.
 	ID int64 `json:"id,omitempty"`
@@ -111,18 +142,23 @@ type agentStatus struct {
 // purpose: one connection per goroutine, no poller, nothing to initialise.
 type conn struct{ fd int }
 
-// send writes one message, with fds attached as SCM_RIGHTS when given.
+// send writes one message, with fds attached as SCM_RIGHTS when given. A
+// run message's inline body follows its header after a NUL.
 func (c conn) send(m *message, fds ...int) error {
 	b, err := json.Marshal(m)
 	if err != nil {
 		return fmt.Errorf("encode %s message: %w", m.Type, err)
+	}
+	bufs := [][]byte{b}
+	if m.inline != nil {
+		bufs = append(bufs, []byte{0}, m.inline)
 	}
 	var oob []byte
 	if len(fds) > 0 {
 		oob = unix.UnixRights(fds...)
 	}
 	for {
-		err = unix.Sendmsg(c.fd, b, oob, nil, unix.MSG_NOSIGNAL)
+		_, err = unix.SendmsgBuffers(c.fd, bufs, oob, nil, unix.MSG_NOSIGNAL)
 		if err != unix.EINTR {
 			break
 		}
@@ -142,7 +178,7 @@ func (c conn) recv() (*message, []int, error) {
 	}
 	// A buffer of the message's own size keeps the agent's heap small.
 	buf := make([]byte, max(1, min(size, maxMessage+1)))
-	oob := make([]byte, unix.CmsgSpace(4*4))
+	oob := make([]byte, unix.CmsgSpace(maxFDs*4))
 	var n, oobn, flags int
 	for {
 		n, oobn, flags, _, err = unix.Recvmsg(c.fd, buf, oob, unix.MSG_CMSG_CLOEXEC)
@@ -165,10 +201,15 @@ func (c conn) recv() (*message, []int, error) {
 		closeAll(fds)
 		return nil, nil, errors.New("receive message: message too large")
 	}
+	// JSON never holds a raw NUL: one ends the header and starts a body.
+	head, inline, hasBody := bytes.Cut(buf[:n], []byte{0})
 	var m message
-	if err := json.Unmarshal(buf[:n], &m); err != nil {
+	if err := json.Unmarshal(head, &m); err != nil {
 		closeAll(fds)
 		return nil, nil, fmt.Errorf("decode message: %w", err)
+	}
+	if hasBody {
+		m.inline = inline
 	}
 	return &m, fds, nil
 }

@@ -62,6 +62,7 @@ func (r *reaper) spawnFiles(s *cmdSpec, files []uintptr) (int, error) {
 
 // forkExec starts s; r.mu is held.
 func (r *reaper) forkExec(s *cmdSpec, files []uintptr) (int, error) {
+	defer withStackLimit(s.stack)()
 	var pid int
 	var err error
 	fork := func() {
@@ -164,4 +165,26 @@ func (r *reaper) reap(pid int) {
 		st = exitStatus{signal: int(ws.Signal())}
 	}
 	p.exited <- st
+}
+
+// withStackLimit sets this process's soft RLIMIT_STACK to want, as far as
+// the hard limit allows, for the fork that follows, and returns what puts
+// it back. The stack limit decides how much argv and environment execve
+// takes, so a command gets its caller's. Limits belong to the whole
+// process; r.mu is held across every fork, so no other command starts
+// under a limit meant for this one. nil changes nothing.
+func withStackLimit(want *uint64) (restore func()) {
+	restore = func() {}
+	if want == nil {
+		return restore
+	}
+	var old unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_STACK, &old) != nil {
+		return restore
+	}
+	cur := min(*want, old.Max)
+	if cur == old.Cur || unix.Setrlimit(unix.RLIMIT_STACK, &unix.Rlimit{Cur: cur, Max: old.Max}) != nil {
+		return restore
+	}
+	return func() { _ = unix.Setrlimit(unix.RLIMIT_STACK, &old) }
 }

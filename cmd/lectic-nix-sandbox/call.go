@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 
@@ -146,7 +147,10 @@ func parseUser(flag string, c caller) (warm.UserSpec, error) {
 		return warm.UserSpec{Mode: "image"}, nil
 	}
 	name, group, hasGroup := strings.Cut(flag, ":")
-	if name == "" || (hasGroup && group == "") || strings.ContainsAny(flag, " \t\n\x00/") {
+	// A name travels in the request's JSON header: UTF-8 text of a sane
+	// length (user and group names are at most 32 bytes on Linux).
+	if name == "" || (hasGroup && group == "") || strings.ContainsAny(flag, " \t\n\x00/") ||
+		len(flag) > 256 || !utf8.ValidString(flag) {
 		return warm.UserSpec{}, fmt.Errorf("--user %q: want caller, root, image, NAME or UID[:GID]", flag)
 	}
 	return warm.UserSpec{Mode: "id", Name: flag}, nil

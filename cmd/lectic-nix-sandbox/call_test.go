@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/nixload"
@@ -48,6 +49,8 @@ func TestParseUser(t *testing.T) {
 		{"1000:", warm.UserSpec{}, true},
 		{"a b", warm.UserSpec{}, true},
 		{"../x", warm.UserSpec{}, true},
+		{"caf\xe9", warm.UserSpec{}, true},
+		{strings.Repeat("u", 257), warm.UserSpec{}, true},
 	}
 	for _, tt := range tests {
 		got, err := parseUser(tt.flag, me)

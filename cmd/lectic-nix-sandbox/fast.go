@@ -126,6 +126,6 @@ func (fc *fastCall) write(c sandboxCall, s warm.Spec, r warm.Request, env oci.En
 		checks = append(checks, fc.host...) // empty unless the flake fell back
 	}
 	_ = fastpath.Write(fc.dir, fc.inv, fastpath.Ticket{
-		Socket: sock, Request: msg, Env: env, Timeout: r.Timeout, Warnings: c.opts.warnings, Checks: checks,
+		Socket: sock, Request: msg, Cwd: r.Cwd, Env: env, Timeout: r.Timeout, Warnings: c.opts.warnings, Checks: checks,
 	})
 }

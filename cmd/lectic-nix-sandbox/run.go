@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/nixload"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/oci"
@@ -65,7 +66,19 @@ func resolveWorkdir(flag string) (string, error) {
 	if err != nil || !fi.IsDir() {
 		return "", fmt.Errorf("workdir %s is not a directory; pass a directory with -d", abs)
 	}
-	return real, nil
+	return real, mountable("workdir", real)
+}
+
+// mountable refuses a path the container runtime cannot bind: runc's
+// libcontainer hands mount paths to its init as JSON text, which turns
+// bytes that are not UTF-8 into U+FFFD, so such a path would be looked
+// for under another name. Arguments and environment carry any bytes;
+// mount paths cannot.
+func mountable(what, path string) error {
+	if utf8.ValidString(path) {
+		return nil
+	}
+	return fmt.Errorf("%s %q is not valid UTF-8, and the container runtime takes mount paths only as UTF-8 text; use a directory whose path is", what, path)
 }
 
 // resolveVolumes parses --volume and --persist. Host paths are resolved
@@ -76,6 +89,9 @@ func resolveVolumes(o options) ([]oci.Volume, error) {
 	if o.persist != "" {
 		// Unlike a volume, the persist dir is the sandbox's own storage
 		// (often one per conversation), so it is created on first use.
+		if err := mountable("--persist", o.persist); err != nil {
+			return nil, err
+		}
 		if err := os.MkdirAll(o.persist, 0o700); err != nil {
 			return nil, fmt.Errorf("--persist %s: %w", o.persist, err)
 		}
@@ -107,6 +123,9 @@ func resolveVolumes(o options) ([]oci.Volume, error) {
 			// TARGET defaulted: bind at the path the caller typed, made absolute.
 			v.Target = abs
 		}
+		if err := mountable("volume", v.Source+":"+v.Target); err != nil {
+			return nil, err
+		}
 		vols = append(vols, v)
 	}
 	return vols, nil
@@ -118,6 +137,9 @@ func resolveHome(flag, workdir string, r roots) (string, error) {
 	if flag != "" {
 		abs, err := filepath.Abs(flag)
 		if err != nil {
+			return "", err
+		}
+		if err := mountable("--home", abs); err != nil {
 			return "", err
 		}
 		if err := os.MkdirAll(abs, 0o700); err != nil {
