@@ -25,8 +25,8 @@
 //     IPv6): a connection's destination is the address it was accepted on
 //     (getsockname), which names the name. The supervisor checks name and
 //     port, resolves the name on the host, refuses addresses that are not
-//     public unless --add-host named them, connects, and splices the two
-//     connections (splice(2) through the runtime's TCPConn.ReadFrom).
+//     public unless --add-host named them, connects, and relays the two
+//     connections (relay.go says how, and why not splice(2)).
 //   - The proxy endpoint on 127.0.0.1 (netpolicy.Policy.ProxyPort): HTTP
 //     CONNECT, absolute-form HTTP and SOCKS5, ending in the same decision.
 //   - Observers: packet sockets on lo with a BPF filter that passes only

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -87,7 +86,7 @@ func (n *Net) connect(req *request) {
 	n.join(req, server)
 }
 
-// join completes the proxy handshake, if any, and splices the connection.
+// join completes the proxy handshake, if any, and relays the connection.
 func (n *Net) join(req *request, server *net.TCPConn) {
 	if !n.track(server) {
 		server.Close()
@@ -97,7 +96,7 @@ func (n *Net) join(req *request, server *net.TCPConn) {
 	if err := req.established(server); err != nil {
 		return
 	}
-	splice(req.client, server)
+	relay(req.client, server)
 }
 
 // resolve returns the addresses to try for h: an address as it is, the
@@ -235,35 +234,6 @@ func (n *Net) observed(ev observed) {
 		Client: unmapAP(ev.client).String(),
 		Server: unmapAP(ev.server).String(),
 	})
-}
-
-// splice copies both ways between a and b until both directions end;
-// splice(2) moves the bytes (net.TCPConn.ReadFrom), never a Go buffer. A
-// direction that ends cleanly half-closes the other side; one that fails
-// resets both.
-func splice(a, b *net.TCPConn) {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		pipe(b, a)
-	}()
-	pipe(a, b)
-	<-done
-}
-
-func pipe(dst, src *net.TCPConn) {
-	if _, err := io.Copy(dst, src); err != nil {
-		reset(dst)
-		reset(src)
-		return
-	}
-	_ = dst.CloseWrite()
-}
-
-// reset ends c with a RST, so a peer learns at once that it is over.
-func reset(c *net.TCPConn) {
-	_ = c.SetLinger(0)
-	_ = c.Close()
 }
 
 func addrPortOf(a net.Addr) netip.AddrPort {

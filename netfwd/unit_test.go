@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"io"
 	"net"
 	"net/netip"
@@ -469,4 +470,45 @@ func TestReportChannel(t *testing.T) {
 	}
 	// With the supervisor gone, a flush does not hang.
 	recv.Flush(5 * time.Second)
+}
+
+// TestRelayHalfCloseAndReset: a client that shuts its sending side still
+// gets the whole answer, and a reset on one side resets the other.
+func TestRelayHalfCloseAndReset(t *testing.T) {
+	clientA, relayA := tcpPair(t)
+	relayB, serverB := tcpPair(t)
+	done := make(chan struct{})
+	go func() { relay(relayA, relayB); close(done) }()
+	want := payload(3<<20 + 17)
+	go func() {
+		_, _ = clientA.Write([]byte("question"))
+		_ = clientA.CloseWrite()
+	}()
+	q, err := io.ReadAll(serverB)
+	if err != nil || string(q) != "question" {
+		t.Fatalf("server read %q, %v", q, err)
+	}
+	go func() {
+		_, _ = serverB.Write(want)
+		_ = serverB.CloseWrite()
+	}()
+	got, err := io.ReadAll(clientA)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("client read %d bytes (%v), want %d", len(got), err, len(want))
+	}
+	<-done
+
+	clientC, relayC := tcpPair(t)
+	relayD, serverD := tcpPair(t)
+	go relay(relayC, relayD)
+	_, _ = clientC.Write([]byte("x"))
+	var one [1]byte
+	if _, err := io.ReadFull(serverD, one[:]); err != nil {
+		t.Fatal(err)
+	}
+	reset(serverD)
+	_ = clientC.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := clientC.Read(one[:]); !errors.Is(err, unix.ECONNRESET) {
+		t.Fatalf("after the server's reset the client read %v, want connection reset", err)
+	}
 }
