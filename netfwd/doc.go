@@ -17,7 +17,7 @@
 //   - lo, up, with a local route for every IPv4 and IPv6 address: a
 //     connection to any address reaches a socket here or is refused by the
 //     kernel at once, never by a timeout.
-//   - DNS on port 53 of every address (UDP and TCP, miekg/dns): every name
+//   - DNS on port 53 of every address (UDP and TCP, x/net/dns/dnsmessage): every name
 //     is answered with an address of netpolicy.NameBlock that maps back to
 //     it (localhost and the host name with loopback). Names are never
 //     refused here, so a denied name fails where the port is known.

@@ -11,7 +11,6 @@ import (
 	"strconv"
 	"sync"
 
-	"github.com/miekg/dns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
@@ -62,10 +61,9 @@ type Net struct {
 
 	obsMu sync.Mutex // see drain
 
-	mu      sync.Mutex
-	conns   map[net.Conn]struct{}
-	servers []*dns.Server
-	closed  bool
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{}
+	closed bool
 }
 
 // Open creates the network namespace with its sockets. Nothing is served
@@ -178,21 +176,11 @@ func (n *Net) Start(rep Reporter) {
 		n.goServe(func() { n.acceptLoop(l, n.forwardConn) })
 	}
 	n.goServe(func() { n.acceptLoop(n.proxy, n.proxyConn) })
-	n.mu.Lock()
-	for _, u := range n.dnsUDP {
-		n.servers = append(n.servers, &dns.Server{PacketConn: u, Handler: n.dns})
+	for i, u := range n.dnsUDP {
+		n.goServe(func() { n.serveDNSUDP(u, i == 1) }) // [0] IPv4, [1] IPv6
 	}
 	for _, t := range n.dnsTCP {
-		n.servers = append(n.servers, &dns.Server{Listener: t, Handler: n.dns})
-	}
-	servers := n.servers
-	n.mu.Unlock()
-	for _, s := range servers {
-		n.goServe(func() {
-			if err := s.ActivateAndServe(); err != nil && n.ctx.Err() == nil {
-				fmt.Fprintln(n.log, "lectic-nix-sandbox network: dns:", err)
-			}
-		})
+		n.goServe(func() { n.serveDNSTCP(t) })
 	}
 	for _, f := range n.observers {
 		n.goServe(func() { n.observeLoop(f) })
@@ -310,12 +298,8 @@ func (n *Net) Close() error {
 	for c := range n.conns {
 		c.Close()
 	}
-	servers := n.servers
 	n.mu.Unlock()
 	n.cancel()
-	for _, s := range servers {
-		_ = s.Shutdown()
-	}
 	n.closeSockets()
 	n.wg.Wait()
 	if n.ns != nil {

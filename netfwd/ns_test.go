@@ -299,6 +299,44 @@ func testScenarios(t *testing.T) {
 			t.Error("two names share an address")
 		}
 	})
+	t.Run("a resolver at any address is the sandbox's, over UDP and TCP", func(t *testing.T) {
+		q, err := queryA("somewhere.example")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, network := range []string{"udp", "tcp"} {
+			// A connected UDP socket drops an answer from another source:
+			// the answer must leave from the address asked, also for a
+			// client whose own address is not that one.
+			var c net.Conn
+			err := inNamespace(e.n.ns, func() error {
+				d := net.Dialer{Timeout: 10 * time.Second}
+				if network == "udp" {
+					d.LocalAddr = &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}
+				}
+				var err error
+				c, err = d.Dial(network, "8.8.8.8:53")
+				return err
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+			msg := q
+			if network == "tcp" {
+				msg = append(binary.BigEndian.AppendUint16(nil, uint16(len(q))), q...)
+			}
+			if _, err := c.Write(msg); err != nil {
+				t.Fatal(err)
+			}
+			buf := make([]byte, 512)
+			k, err := c.Read(buf)
+			c.Close()
+			if err != nil || k < 12 {
+				t.Fatalf("%s: read %d bytes, %v", network, k, err)
+			}
+		}
+	})
 	t.Run("allowed name reaches the host through --add-host", func(t *testing.T) {
 		for _, name := range []string{"allowed.test", "a.wild.test"} {
 			a := e.lookup(t, name)

@@ -11,7 +11,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/miekg/dns"
+	"golang.org/x/net/dns/dnsmessage"
 	"golang.org/x/sys/unix"
 
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/netpolicy"
@@ -82,24 +82,54 @@ func probeLookup(name string) (netip.Addr, error) {
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	co := &dns.Conn{Conn: c}
-	q := new(dns.Msg)
-	q.SetQuestion(dns.Fqdn(name), dns.TypeA)
-	if err := co.WriteMsg(q); err != nil {
+	q, err := queryA(name)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	if _, err := c.Write(q); err != nil {
 		return netip.Addr{}, fmt.Errorf("query the sandbox DNS: %w", err)
 	}
-	r, err := co.ReadMsg()
+	buf := make([]byte, maxDNSMessage)
+	k, err := c.Read(buf)
 	if err != nil {
 		return netip.Addr{}, fmt.Errorf("read the sandbox DNS's answer: %w", err)
 	}
-	for _, rr := range r.Answer {
-		if a, ok := rr.(*dns.A); ok {
-			if addr, ok := netip.AddrFromSlice(a.A.To4()); ok {
-				return addr, nil
-			}
-		}
+	var p dnsmessage.Parser
+	if _, err := p.Start(buf[:k]); err != nil {
+		return netip.Addr{}, fmt.Errorf("the sandbox DNS's answer: %w", err)
 	}
-	return netip.Addr{}, fmt.Errorf("the sandbox DNS gave no address for %s", name)
+	_ = p.SkipAllQuestions()
+	for {
+		h, err := p.AnswerHeader()
+		if err != nil {
+			return netip.Addr{}, fmt.Errorf("the sandbox DNS gave no address for %s", name)
+		}
+		if h.Type != dnsmessage.TypeA {
+			_ = p.SkipAnswer()
+			continue
+		}
+		a, err := p.AResource()
+		if err != nil {
+			return netip.Addr{}, err
+		}
+		return netip.AddrFrom4(a.A), nil
+	}
+}
+
+// queryA is an A query for name.
+func queryA(name string) ([]byte, error) {
+	n, err := dnsmessage.NewName(name + ".")
+	if err != nil {
+		return nil, err
+	}
+	b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: 1, RecursionDesired: true})
+	if err := b.StartQuestions(); err != nil {
+		return nil, err
+	}
+	if err := b.Question(dnsmessage.Question{Name: n, Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET}); err != nil {
+		return nil, err
+	}
+	return b.Finish()
 }
 
 // probeFetch connects through the forwarder and reads the host's "ok".

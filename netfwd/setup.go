@@ -1,7 +1,6 @@
 package netfwd
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -166,7 +165,8 @@ func listenTCP(ap netip.AddrPort, dual bool) (*net.TCPListener, error) {
 	return l.(*net.TCPListener), nil
 }
 
-// listenUDP binds a UDP socket at ap (IPv6 sockets take IPv6 only).
+// listenUDP binds a UDP socket at ap (IPv6 sockets take IPv6 only) that
+// reports each datagram's destination (enablePktinfo).
 func listenUDP(ap netip.AddrPort) (*net.UDPConn, error) {
 	fam := family(ap)
 	f, err := socketFile(fam, unix.SOCK_DGRAM, 0, "listen on udp "+ap.String(), func(fd int) error {
@@ -174,6 +174,9 @@ func listenUDP(ap netip.AddrPort) (*net.UDPConn, error) {
 			if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1); err != nil {
 				return err
 			}
+		}
+		if err := enablePktinfo(fd, fam == unix.AF_INET6); err != nil {
+			return err
 		}
 		return unix.Bind(fd, sockaddr(fam, ap))
 	})
@@ -186,9 +189,4 @@ func listenUDP(ap netip.AddrPort) (*net.UDPConn, error) {
 		return nil, fmt.Errorf("listen on udp %s: %w", ap, err)
 	}
 	return c.(*net.UDPConn), nil
-}
-
-// isNoIPv6 reports whether err says the kernel has no IPv6.
-func isNoIPv6(err error) bool {
-	return errors.Is(err, unix.EAFNOSUPPORT) || errors.Is(err, unix.EADDRNOTAVAIL)
 }

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -17,8 +18,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/miekg/dns"
 	"golang.org/x/net/bpf"
+	"golang.org/x/net/dns/dnsmessage"
 	"golang.org/x/sys/unix"
 )
 
@@ -58,48 +59,78 @@ func TestNameTable(t *testing.T) {
 	}
 }
 
+// ask sends h one query and parses the answer: the rcode and each answer's
+// text (an address, or a PTR name).
+func ask(t *testing.T, h *dnsHandler, name string, qtype dnsmessage.Type) (dnsmessage.RCode, []string) {
+	t.Helper()
+	n, err := dnsmessage.NewName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: 77, RecursionDesired: true})
+	_ = b.StartQuestions()
+	_ = b.Question(dnsmessage.Question{Name: n, Type: qtype, Class: dnsmessage.ClassINET})
+	q, _ := b.Finish()
+	var m dnsmessage.Message
+	if err := m.Unpack(h.answer(q)); err != nil {
+		t.Fatalf("%s %v: %v", name, qtype, err)
+	}
+	if m.ID != 77 || !m.Response || len(m.Questions) != 1 {
+		t.Fatalf("%s %v: header %+v, %d questions", name, qtype, m.Header, len(m.Questions))
+	}
+	var out []string
+	for _, rr := range m.Answers {
+		switch r := rr.Body.(type) {
+		case *dnsmessage.AResource:
+			out = append(out, netip.AddrFrom4(r.A).String())
+		case *dnsmessage.AAAAResource:
+			out = append(out, netip.AddrFrom16(r.AAAA).String())
+		case *dnsmessage.PTRResource:
+			out = append(out, r.PTR.String())
+		}
+	}
+	return m.RCode, out
+}
+
 func TestDNSAnswers(t *testing.T) {
 	h := newDNSHandler(newNameTable(netip.MustParsePrefix("198.18.0.0/15")), "sandbox")
-	ask := func(name string, qtype uint16) *dns.Msg {
-		q := new(dns.Msg)
-		q.SetQuestion(name, qtype)
-		return h.answer(q)
+	rc, a := ask(t, h, "Example.COM.", dnsmessage.TypeA)
+	if rc != dnsmessage.RCodeSuccess || len(a) != 1 {
+		t.Fatalf("A example.com: %v %v", rc, a)
 	}
-	a := ask("Example.COM.", dns.TypeA)
-	if len(a.Answer) != 1 || a.Rcode != dns.RcodeSuccess {
-		t.Fatalf("A example.com: %v", a)
-	}
-	addr, _ := netip.AddrFromSlice(a.Answer[0].(*dns.A).A.To4())
+	addr := netip.MustParseAddr(a[0])
 	if !netip.MustParsePrefix("198.18.0.0/15").Contains(addr) {
 		t.Fatalf("A example.com = %s, outside the name block", addr)
 	}
-	if again := ask("example.com.", dns.TypeA); !again.Answer[0].(*dns.A).A.Equal(a.Answer[0].(*dns.A).A) {
+	if _, again := ask(t, h, "example.com.", dnsmessage.TypeA); len(again) != 1 || again[0] != a[0] {
 		t.Fatal("the same name got two addresses")
 	}
 	for _, name := range []string{"localhost.", "foo.localhost.", "sandbox."} {
-		r := ask(name, dns.TypeA)
-		if len(r.Answer) != 1 || !r.Answer[0].(*dns.A).A.Equal(net.IPv4(127, 0, 0, 1)) {
-			t.Errorf("A %s: %v", name, r.Answer)
+		if _, got := ask(t, h, name, dnsmessage.TypeA); len(got) != 1 || got[0] != "127.0.0.1" {
+			t.Errorf("A %s: %v", name, got)
 		}
-		r = ask(name, dns.TypeAAAA)
-		if len(r.Answer) != 1 || !r.Answer[0].(*dns.AAAA).AAAA.Equal(net.IPv6loopback) {
-			t.Errorf("AAAA %s: %v", name, r.Answer)
+		if _, got := ask(t, h, name, dnsmessage.TypeAAAA); len(got) != 1 || got[0] != "::1" {
+			t.Errorf("AAAA %s: %v", name, got)
 		}
 	}
-	for _, qt := range []uint16{dns.TypeAAAA, dns.TypeMX, dns.TypeTXT, dns.TypeHTTPS} {
-		if r := ask("example.com.", qt); len(r.Answer) != 0 || r.Rcode != dns.RcodeSuccess {
-			t.Errorf("type %d: want an empty NOERROR answer, got %v", qt, r)
+	for _, qt := range []dnsmessage.Type{dnsmessage.TypeAAAA, dnsmessage.TypeMX, dnsmessage.TypeTXT, dnsmessage.TypeSRV} {
+		if rc, got := ask(t, h, "example.com.", qt); len(got) != 0 || rc != dnsmessage.RCodeSuccess {
+			t.Errorf("type %v: want an empty NOERROR answer, got %v %v", qt, rc, got)
 		}
 	}
-	rev, _ := dns.ReverseAddr(addr.String())
-	if r := ask(rev, dns.TypePTR); len(r.Answer) != 1 || r.Answer[0].(*dns.PTR).Ptr != "example.com." {
-		t.Errorf("PTR %s: %v", rev, r)
+	b := addr.As4()
+	rev := fmt.Sprintf("%d.%d.%d.%d.in-addr.arpa.", b[3], b[2], b[1], b[0])
+	if _, got := ask(t, h, rev, dnsmessage.TypePTR); len(got) != 1 || got[0] != "example.com." {
+		t.Errorf("PTR %s: %v", rev, got)
 	}
-	if r := ask("9.9.18.198.in-addr.arpa.", dns.TypePTR); r.Rcode != dns.RcodeNameError {
-		t.Errorf("PTR of an address never handed out: %v", r)
+	if rc, _ := ask(t, h, "9.9.18.198.in-addr.arpa.", dnsmessage.TypePTR); rc != dnsmessage.RCodeNameError {
+		t.Errorf("PTR of an address never handed out: %v", rc)
 	}
-	if r := ask("bad\\032name.", dns.TypeA); r.Rcode != dns.RcodeNameError {
-		t.Errorf("a name that is not a host name: %v", r)
+	if rc, _ := ask(t, h, "bad name.", dnsmessage.TypeA); rc != dnsmessage.RCodeNameError {
+		t.Errorf("a name that is not a host name: %v", rc)
+	}
+	if h.answer([]byte("garbage")) != nil {
+		t.Error("garbage got an answer")
 	}
 }
 
