@@ -67,6 +67,16 @@
 // The agent exits after its TTL with no request running (0 = never), or
 // after the first request in one-shot mode.
 //
+// # Network allow-list
+//
+// With Spec.Net the supervisor makes the container's network namespace
+// itself (package netfwd) before the container, gives it to libcontainer
+// to join, and serves it for the container's life; the container's
+// /etc/resolv.conf names the sandbox's DNS. The agent gets the other end
+// of a report channel at fd 4: it keeps a copy of each running call's
+// stderr, finds the call whose command holds a refused socket, and writes
+// the refusal there, once per host:port and call (netreport.go).
+//
 // # Identity
 //
 // "root" runs the command as the agent: uid 0 of the container's user
