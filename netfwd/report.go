@@ -62,6 +62,11 @@ const (
 	reportWait = 2 * time.Second
 	// maxReport bounds one message.
 	maxReport = 16 << 10
+	// maxWaiting bounds the refused connections held open for their line
+	// at once; beyond it a refusal is reported without waiting, so a
+	// command that opens refused connections by the thousand cannot make
+	// the supervisor hold them all.
+	maxWaiting = 64
 )
 
 // ReportPair returns the two ends of the report channel: the supervisor's
@@ -77,7 +82,7 @@ func ReportPair() (*ReportSender, *os.File, error) {
 		unix.Close(fds[1])
 		return nil, nil, err
 	}
-	s := &ReportSender{c: c, waiting: map[uint64]chan struct{}{}, done: make(chan struct{})}
+	s := &ReportSender{c: c, waiting: map[uint64]chan struct{}{}, done: make(chan struct{}), slots: make(chan struct{}, maxWaiting)}
 	go s.readLoop()
 	return s, os.NewFile(uintptr(fds[1]), "agent-reports"), nil
 }
@@ -108,9 +113,10 @@ func send(c net.Conn, mu *sync.Mutex, m wireMsg) error {
 
 // ReportSender is the supervisor's end of the report channel.
 type ReportSender struct {
-	c    net.Conn
-	wmu  sync.Mutex
-	done chan struct{}
+	c     net.Conn
+	wmu   sync.Mutex
+	done  chan struct{}
+	slots chan struct{} // one per refusal waiting for its answer
 
 	mu      sync.Mutex
 	next    uint64
@@ -129,6 +135,14 @@ func (s *ReportSender) SetFlusher(f func()) {
 // Report sends r and, for a refusal whose connection is still open, waits
 // (at most reportWait) until the agent has written the line.
 func (s *ReportSender) Report(ctx context.Context, r Refusal) {
+	if r.Open {
+		select {
+		case s.slots <- struct{}{}:
+			defer func() { <-s.slots }()
+		default:
+			r.Open = false
+		}
+	}
 	ack := s.register(&r)
 	if err := send(s.c, &s.wmu, wireMsg{Refusal: &r}); err != nil || ack == nil {
 		s.forget(r.ID)

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -542,4 +543,49 @@ func TestRelayHalfCloseAndReset(t *testing.T) {
 	if _, err := clientC.Read(one[:]); !errors.Is(err, unix.ECONNRESET) {
 		t.Fatalf("after the server's reset the client read %v, want connection reset", err)
 	}
+}
+
+// TestReportWaitsAreBounded: with maxWaiting refusals waiting for an
+// answer that never comes, the next is sent as one that does not wait.
+func TestReportWaitsAreBounded(t *testing.T) {
+	sender, agentEnd, err := ReportPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sender.Close()
+	agent, err := seqConn(agentEnd) // an agent that reads but never answers
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer agent.Close()
+	for i := 0; i < maxWaiting; i++ {
+		go sender.Report(t.Context(), Refusal{Line: "x", Key: "x:1", Open: true})
+	}
+	buf := make([]byte, maxReport)
+	read := func() Refusal {
+		_ = agent.SetReadDeadline(time.Now().Add(10 * time.Second))
+		k, err := agent.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m wireMsg
+		if err := json.Unmarshal(buf[:k], &m); err != nil || m.Refusal == nil {
+			t.Fatalf("message %q: %v", buf[:k], err)
+		}
+		return *m.Refusal
+	}
+	for i := 0; i < maxWaiting; i++ {
+		if r := read(); r.ID == 0 {
+			t.Fatalf("refusal %d within the bound does not wait: %+v", i, r)
+		}
+	}
+	done := make(chan struct{})
+	go func() {
+		sender.Report(t.Context(), Refusal{Line: "y", Key: "y:1", Open: true})
+		close(done)
+	}()
+	if r := read(); r.Line != "y" || r.ID != 0 {
+		t.Fatalf("the refusal past the bound: %+v, want one that does not wait", r)
+	}
+	<-done
 }
