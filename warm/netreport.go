@@ -33,13 +33,16 @@ type callLog struct {
 	// agent's own namespaces).
 	netDir, proc string
 	reports      *netfwd.ReportReceiver
+
+	// seen are the namespace's refusal counters as the last end of a call
+	// read them (see remove); seenMu also orders the ends of calls.
+	seenMu sync.Mutex
+	seen   string
 }
 
 // callRec is one running call.
 type callRec struct {
 	stderr *os.File // a copy of the call's stderr; the command shares it
-	// refusals are the namespace's refusal counters when the call began.
-	refusals string
 
 	mu   sync.Mutex
 	pid  int             // the command's pid, which leads its process group; 0 until known
@@ -75,7 +78,7 @@ func (l *callLog) add(fd int) *callRec {
 	if err != nil {
 		return nil
 	}
-	r := &callRec{stderr: os.NewFile(uintptr(dup), "stderr"), told: map[string]bool{}, refusals: l.refusalCounters()}
+	r := &callRec{stderr: os.NewFile(uintptr(dup), "stderr"), told: map[string]bool{}}
 	l.mu.Lock()
 	l.calls[r] = struct{}{}
 	l.mu.Unlock()
@@ -84,16 +87,24 @@ func (l *callLog) add(fd int) *callRec {
 
 // remove forgets a call that ended. A refusal the kernel made (a reset, a
 // port unreachable) reaches the supervisor on its own time; when the
-// namespace made any since the call began, the supervisor is asked to
+// namespace made any since a call last ended, the supervisor is asked to
 // report what it has first, so the line reaches this call's stderr before
-// its copy closes (a caller reading stderr to the end sees it).
+// its copy closes (a caller reading stderr to the end sees it). Whatever
+// a flush reports reaches every call then running, so comparing with the
+// last end, not this call's start, misses nothing and reads the counters
+// once per call.
 func (l *callLog) remove(r *callRec) {
 	if l == nil || r == nil {
 		return
 	}
-	if l.refusalCounters() != r.refusals {
+	// Held across the flush: a call that ends while another's flush runs
+	// waits for it rather than finding the counters already seen.
+	l.seenMu.Lock()
+	if now := l.refusalCounters(); now != l.seen {
 		l.reports.Flush(flushTimeout)
+		l.seen = now
 	}
+	l.seenMu.Unlock()
 	l.mu.Lock()
 	delete(l.calls, r)
 	l.mu.Unlock()
