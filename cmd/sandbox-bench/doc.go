@@ -40,6 +40,10 @@
 // started as root it re-executes itself as an unprivileged user (sandboxtest
 // when it exists, else nobody) and measures from there.
 //
+// -only NAME[,NAME...] measures a subset (a group that yields several
+// results, the podman or the network scenarios, runs whole), for a
+// comparison on a busy machine; the run's other rows are then absent.
+//
 // Output: a table on stdout, DIR/results.json and DIR/results.svg. Nothing
 // here asserts timings; goals are reported, not enforced. The exit status is
 // non-zero when a scenario failed (or, with CI=true, could not run), so a

@@ -167,6 +167,9 @@ func childArgs(o options) []string {
 	if o.quick {
 		args = append(args, "-quick")
 	}
+	if len(o.only) > 0 {
+		args = append(args, "-only", strings.Join(o.only, ","))
+	}
 	return args
 }
 

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -24,6 +25,7 @@ type options struct {
 	quick    bool
 	imageMB  int
 	budget   time.Duration
+	only     []string // scenario names; empty: all
 }
 
 func main() {
@@ -75,6 +77,14 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.quick, "quick", false, "a few iterations and a small image: a smoke test, not a measurement")
 	fs.IntVar(&o.imageMB, "image-mb", 96, "size of the generated image in MiB")
 	fs.DurationVar(&o.budget, "budget", 25*time.Second, "stop a scenario's iterations after this long (it keeps at least 2)")
+	fs.Func("only", "measure only these scenarios, comma-separated (a group that gives several, such as the podman or network ones, runs whole)", func(v string) error {
+		for _, n := range strings.Split(v, ",") {
+			if n = strings.TrimSpace(n); n != "" {
+				o.only = append(o.only, n)
+			}
+		}
+		return nil
+	})
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: sandbox-bench [-bin PATH] [-image PATH] [-out DIR] [-n N] [-quick]")
 		fs.PrintDefaults()
@@ -95,7 +105,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		o.n = min(o.n, 5)
 		o.imageMB = min(o.imageMB, 16)
 	}
-	for _, p := range []*string{&o.bin, &o.image, &o.out} {
+	for _, p := range []*string{&o.bin, &o.netprobe, &o.image, &o.out} {
 		if *p == "" {
 			continue
 		}

@@ -18,6 +18,8 @@ func TestParseFlags(t *testing.T) {
 		{"quick clamps n and image", []string{"-quick", "-n", "50"}, options{out: "/bench-results", n: 5, quick: true, imageMB: 16, budget: 25 * time.Second}, false},
 		{"quick keeps a smaller n", []string{"-quick", "-n", "3"}, options{out: "/bench-results", n: 3, quick: true, imageMB: 16, budget: 25 * time.Second}, false},
 		{"relative paths made absolute", []string{"-bin", "bin/x", "-out", "o", "-image", "/i.tar"}, options{bin: "/bin/x", out: "/o", image: "/i.tar", n: 100, imageMB: 96, budget: 25 * time.Second}, false},
+		{"only and netprobe", []string{"-only", "warm_exec, net_connect,", "-netprobe", "np"}, options{out: "/bench-results", n: 100, imageMB: 96, budget: 25 * time.Second,
+			only: []string{"warm_exec", "net_connect"}, netprobe: "/np"}, false},
 		{"zero n rejected", []string{"-n", "0"}, options{}, true},
 		{"stray argument rejected", []string{"warm_exec"}, options{}, true},
 	}
@@ -48,6 +50,7 @@ func TestChildArgsRoundTrip(t *testing.T) {
 	for _, o := range []options{
 		{bin: "/b", out: "/o", n: 7, imageMB: 32, budget: 3 * time.Second},
 		{bin: "/b", out: "/o", image: "/i.tar", n: 5, quick: true, imageMB: 16, budget: time.Minute},
+		{bin: "/b", netprobe: "/np", out: "/o", n: 9, imageMB: 8, budget: time.Second, only: []string{"warm_exec", "net_download_256m"}},
 	} {
 		got, err := parseFlags(childArgs(o), io.Discard)
 		if err != nil {
@@ -55,6 +58,20 @@ func TestChildArgsRoundTrip(t *testing.T) {
 		}
 		if !reflect.DeepEqual(got, o) {
 			t.Errorf("round trip of %+v gave %+v", o, got)
+		}
+	}
+}
+
+func TestWants(t *testing.T) {
+	all := &bench{}
+	some := &bench{o: options{only: []string{"warm_exec", "net_connect"}}}
+	for _, tt := range []struct {
+		b    *bench
+		name string
+		want bool
+	}{{all, "podman_run", true}, {some, "warm_exec", true}, {some, "net_connect", true}, {some, "warm_exec_sh", false}, {some, "net", false}} {
+		if got := tt.b.wants(tt.name); got != tt.want {
+			t.Errorf("wants(%q) with -only %v = %v", tt.name, tt.b.o.only, got)
 		}
 	}
 }

@@ -91,10 +91,13 @@ func (b *bench) netArgs(s *netServers, cmd ...string) []string {
 	return b.warmArgs(append([]string{"--allow-domain", allow, "--add-host", netName + ":127.0.0.1"}, cmd...)...)
 }
 
+// netScenarioNames are the results netScenarios gives, in order.
+var netScenarioNames = []string{"warm_exec_allowlist", "net_connect", "net_connect_direct", "net_download_256m", "net_download_256m_direct", "net_concurrent_100"}
+
 // netScenarios measures warm_exec with an allow-list, then each network
 // scenario through it and directly.
 func (b *bench) netScenarios(ctx context.Context) []Result {
-	names := []string{"warm_exec_allowlist", "net_connect", "net_connect_direct", "net_download_256m", "net_download_256m_direct", "net_concurrent_100"}
+	names := netScenarioNames
 	fail := func(reason string, failed bool) []Result {
 		var out []Result
 		for _, n := range names {
@@ -182,6 +185,9 @@ func (b *bench) warmExecAllowlist(ctx context.Context, s *netServers) Result {
 	r := Result{Name: "warm_exec_allowlist", Kind: kindSandbox, Command: shellJoin(p.argv[1:]),
 		Counterpart: []string{"podman_exec"}, Note: "warm_exec with --allow-domain and --add-host: its own warm container, started by an untimed first call"}
 	b.logf("warm_exec_allowlist")
+	if err := b.settle(ctx, b.image); err != nil {
+		return b.record(r, nil, err)
+	}
 	if err := verify(ctx, p, ""); err != nil {
 		return b.record(r, nil, err)
 	}

@@ -13,24 +13,50 @@ import (
 
 // runAll measures every scenario in a fixed order: sandbox scenarios first,
 // while the warm container is fresh, then the baselines. Each result is
-// either numbers or a reason it has none.
+// either numbers or a reason it has none. With -only, groups none of whose
+// scenarios were asked for are not run at all.
 func (b *bench) runAll(ctx context.Context) []Result {
-	out := []Result{b.bareExec(ctx), b.clientStartup(ctx)}
-	rootfs, loadErr := b.load(ctx)
-	out = append(out,
-		b.warmExec(ctx),
-		b.warmExecSh(ctx),
-		b.parallel16(ctx),
-		b.parallel16Bare(ctx),
-	)
-	out = append(out, b.netScenarios(ctx)...)
-	out = append(out,
-		b.nixFastPath(ctx),
-		b.coldStart(ctx),
-		b.firstStart(ctx),
-		b.bwrap(ctx, rootfs, loadErr),
-	)
-	return append(out, b.podman(ctx)...)
+	var out []Result
+	run := func(names []string, f func() []Result) {
+		for _, n := range names {
+			if b.wants(n) {
+				out = append(out, f()...)
+				return
+			}
+		}
+	}
+	one := func(f func(context.Context) Result) func() []Result {
+		return func() []Result { return []Result{f(ctx)} }
+	}
+	run([]string{"bare_exec"}, one(b.bareExec))
+	run([]string{"client_startup"}, one(b.clientStartup))
+	var rootfs string
+	var loadErr error
+	run([]string{"bwrap"}, func() []Result { rootfs, loadErr = b.load(ctx); return nil })
+	run([]string{"warm_exec"}, one(b.warmExec))
+	run([]string{"warm_exec_sh"}, one(b.warmExecSh))
+	run([]string{"parallel_16"}, one(b.parallel16))
+	run([]string{"parallel_16_bare"}, one(b.parallel16Bare))
+	run(netScenarioNames, func() []Result { return b.netScenarios(ctx) })
+	run([]string{"nix_fast_path"}, one(b.nixFastPath))
+	run([]string{"cold_start"}, one(b.coldStart))
+	run([]string{"first_start"}, one(b.firstStart))
+	run([]string{"bwrap"}, func() []Result { return []Result{b.bwrap(ctx, rootfs, loadErr)} })
+	run([]string{"podman_load", "podman_run", "podman_exec"}, func() []Result { return b.podman(ctx) })
+	return out
+}
+
+// wants reports whether -only names scenario (or names nothing).
+func (b *bench) wants(scenario string) bool {
+	if len(b.o.only) == 0 {
+		return true
+	}
+	for _, w := range b.o.only {
+		if w == scenario {
+			return true
+		}
+	}
+	return false
 }
 
 // sandbox is one call of the sandbox binary in the private state.
