@@ -84,6 +84,7 @@ func routeEverythingToLo() (ipv6 bool, err error) {
 	if err != nil {
 		return false, fmt.Errorf("find lo: %w", err)
 	}
+	bigSegments(lo)
 	if err := netlink.LinkSetUp(lo); err != nil {
 		return false, fmt.Errorf("bring lo up: %w", err)
 	}
@@ -105,6 +106,31 @@ func routeEverythingToLo() (ipv6 bool, err error) {
 		return false, nil
 	}
 	return true, nil
+}
+
+// bigSegmentSize is the largest segment worth asking lo for (BIG TCP's
+// limit).
+const bigSegmentSize = 512 << 10
+
+// bigSegments lets TCP on lo build segments as large as the kernel allows
+// (BIG TCP, Linux 6.3+ for IPv4) instead of 64 KiB. Every byte a command
+// downloads crosses lo once more than it would without the sandbox, and
+// per segment, not per byte, is where that costs: relaying a download
+// took 51-58 ms of CPU per 64 MiB with them against 70-92 ms without
+// (go test ./netfwd -bench Download/forwarded, cpu-ms/op). A kernel
+// without them refuses the setting, and lo keeps its 64 KiB.
+func bigSegments(lo netlink.Link) {
+	size := bigSegmentSize
+	if max := int(lo.Attrs().TSOMaxSize); max > 0 {
+		size = min(size, max)
+	}
+	if size <= 64<<10 {
+		return
+	}
+	_ = netlink.LinkSetGSOMaxSize(lo, size)
+	_ = netlink.LinkSetGSOIPv4MaxSize(lo, size)
+	_ = netlink.LinkSetGROMaxSize(lo, size)
+	_ = netlink.LinkSetGROIPv4MaxSize(lo, size)
 }
 
 // socketFile makes a close-on-exec, non-blocking socket and hands it to
