@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"strings"
 	"syscall"
 	"time"
 
@@ -248,10 +247,10 @@ func unmapAP(ap netip.AddrPort) netip.AddrPort {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
-// isLocalName reports whether a proxy destination is the sandbox itself.
+// isLocal reports whether a proxy destination is the sandbox itself.
 func (n *Net) isLocal(h netpolicy.Host) bool {
 	if h.IsAddr() {
 		return h.Addr.IsLoopback()
 	}
-	return n.dns.isLocal(h.Name) || strings.HasSuffix(h.Name, ".localhost")
+	return n.dns.isLocal(h.Name)
 }
