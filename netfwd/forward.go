@@ -73,6 +73,9 @@ func (n *Net) connect(req *request) {
 	ctx, cancel := context.WithTimeout(n.ctx, dialTimeout)
 	defer cancel()
 	addrs, f := n.resolve(ctx, req.host)
+	if f == nil {
+		addrs, f = n.notDenied(req.host, addrs, req.port)
+	}
 	if f != nil {
 		n.refuse(req, f)
 		return
@@ -135,6 +138,23 @@ func (n *Net) resolve(ctx context.Context, h netpolicy.Host) ([]netip.Addr, *fai
 		return nil, blocked(fmt.Sprintf("%s resolves to %s, a %s address; to allow it, map the name explicitly with --add-host %s:%s", h.Name, bad, kind, h.Name, bad))
 	}
 	return public, nil
+}
+
+// notDenied drops the addresses a --deny-domain IP pattern denies.
+func (n *Net) notDenied(h netpolicy.Host, addrs []netip.Addr, port uint16) ([]netip.Addr, *failure) {
+	var ok []netip.Addr
+	var pattern string
+	for _, a := range addrs {
+		if p, denied := n.policy.DeniedAddr(a, port); denied {
+			pattern = p
+			continue
+		}
+		ok = append(ok, a)
+	}
+	if len(ok) == 0 {
+		return nil, blocked(fmt.Sprintf("%s resolves to %s, which matches --deny-domain %s", h, addrs[0], pattern))
+	}
+	return ok, nil
 }
 
 // dialAny connects to the first address that answers.

@@ -265,7 +265,10 @@ func testScenarios(t *testing.T) {
 	for _, err := range []error{
 		p.Allow("allowed.test:" + ps + ",*.wild.test:" + ps + ",denied.test:" + ps + ",private.test:" + ps + ",nx.test:" + ps),
 		p.Allow("192.0.2.50:" + ps),
+		p.Allow("via-denied-ip.test:" + ps),
 		p.Deny("denied.test"),
+		p.Deny("127.0.0.2"),
+		p.AddHost("via-denied-ip.test:127.0.0.2"),
 		p.AddHost("allowed.test:127.0.0.1"),
 		p.AddHost("a.wild.test:127.0.0.1"),
 	} {
@@ -423,6 +426,10 @@ func testScenarios(t *testing.T) {
 	t.Run("a name that resolves to a private address", func(t *testing.T) {
 		refusedAtOnce(t, netip.AddrPortFrom(e.lookup(t, "private.test"), port).String(), "private.test",
 			"blocked connection to private.test:"+ps+" (private.test resolves to 10.0.0.7, a private address; to allow it, map the name explicitly with --add-host private.test:10.0.0.7)")
+	})
+	t.Run("a name that leads to a denied address", func(t *testing.T) {
+		refusedAtOnce(t, netip.AddrPortFrom(e.lookup(t, "via-denied-ip.test"), port).String(), "via-denied-ip.test",
+			"blocked connection to via-denied-ip.test:"+ps+" (via-denied-ip.test resolves to 127.0.0.2, which matches --deny-domain 127.0.0.2)")
 	})
 	t.Run("a name that does not exist", func(t *testing.T) {
 		refusedAtOnce(t, netip.AddrPortFrom(e.lookup(t, "nx.test"), port).String(), "nx.test",

@@ -19,7 +19,9 @@
 //
 // An --allow-domain pattern without a port allows 80 and 443; a
 // --deny-domain pattern without a port denies every port. Names are
-// matched case-insensitively and without a final dot. Deny wins over allow.
+// matched case-insensitively and without a final dot. Deny wins over allow,
+// and a denied address stays denied when an allowed name resolves to it
+// (DeniedAddr).
 //
 // # Addresses
 //

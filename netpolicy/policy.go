@@ -225,6 +225,19 @@ func (p *Policy) Check(h Host, port uint16) Verdict {
 	return Verdict{Reason: "not in --allow-domain"}
 }
 
+// DeniedAddr returns the --deny-domain pattern that denies a resolved
+// address on port, if any: a denied IP stays denied when a name leads to
+// it.
+func (p *Policy) DeniedAddr(a netip.Addr, port uint16) (string, bool) {
+	h := AddrHost(a)
+	for _, d := range p.deny {
+		if d.kind == kindAddr && d.matches(h, port) {
+			return d.String(), true
+		}
+	}
+	return "", false
+}
+
 // portList writes the port ranges of pats, merged and sorted.
 func portList(pats []Pattern) string {
 	sort.Slice(pats, func(i, j int) bool { return pats[i].lo < pats[j].lo })

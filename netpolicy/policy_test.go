@@ -143,6 +143,27 @@ func TestCheck(t *testing.T) {
 	}
 }
 
+func TestDeniedAddr(t *testing.T) {
+	var p Policy
+	mustDo(t, p.Allow("*"), p.Deny("192.0.2.9,[2001:db8::9]:443,bad.example"))
+	for _, tt := range []struct {
+		addr string
+		port uint16
+		want string
+	}{
+		{"192.0.2.9", 443, "192.0.2.9"},
+		{"::ffff:192.0.2.9", 80, "192.0.2.9"},
+		{"2001:db8::9", 443, "[2001:db8::9]:443"},
+		{"2001:db8::9", 80, ""},
+		{"192.0.2.10", 443, ""},
+	} {
+		got, ok := p.DeniedAddr(netip.MustParseAddr(tt.addr), tt.port)
+		if got != tt.want || ok != (tt.want != "") {
+			t.Errorf("DeniedAddr(%s, %d) = %q %v, want %q", tt.addr, tt.port, got, ok, tt.want)
+		}
+	}
+}
+
 func TestAddHost(t *testing.T) {
 	tests := []struct {
 		in, name, ip, err string
