@@ -53,6 +53,8 @@ type Net struct {
 	dnsUDP    []*net.UDPConn
 	dnsTCP    []*net.TCPListener
 	observers []*os.File
+	// observeErr is why an observer could not be opened, if one could not.
+	observeErr error
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -142,11 +144,19 @@ func (n *Net) setup() error {
 		}
 		n.dnsTCP = append(n.dnsTCP, t)
 	}
+	// Without observers everything works but the report of a port that
+	// is not allowed (or of UDP): that is logged, and --doctor says so,
+	// rather than costing the whole network.
 	if err := n.observe(lo.Attrs().Index, ethPIP, filter4); err != nil {
-		return err
+		n.observeErr = err
+		fmt.Fprintln(n.log, "lectic-nix-sandbox network: refusals of ports that are not allowed will not be reported:", err)
+		return nil
 	}
 	if ipv6 {
-		return n.observe(lo.Attrs().Index, ethPIPv6, filter6)
+		if err := n.observe(lo.Attrs().Index, ethPIPv6, filter6); err != nil {
+			n.observeErr = err
+			fmt.Fprintln(n.log, "lectic-nix-sandbox network: refusals over IPv6 of ports that are not allowed will not be reported:", err)
+		}
 	}
 	return nil
 }

@@ -51,6 +51,9 @@ func Probe() (ipv6 bool, err error) {
 		return false, err
 	}
 	defer n.Close()
+	if n.observeErr != nil {
+		return false, fmt.Errorf("connections to ports that are not allowed would not be reported: %w", n.observeErr)
+	}
 	rep := &probeReporter{got: make(chan Refusal, 4)}
 	n.Start(rep)
 	err = inNamespace(n.ns, func() error {
