@@ -109,7 +109,7 @@ func runProbeChild(ctx context.Context, probe, dir string) error {
 func networkCheck(ctx context.Context) Check {
 	const name = "network by name (--allow-domain)"
 	if err := runProbeChild(ctx, probeNetwork, ""); err != nil {
-		return problem(name, false, "the allow-list's network does not work here: "+err.Error(),
+		return problem(name, false, "the allow-list's network probe failed: "+err.Error(),
 			"run without --allow-domain (no network) or with --allow-net (the host's whole network); the other checks above may say why")
 	}
 	return ok(name, false, "DNS, forwarding to an --add-host name and refusal reports work in a probe namespace")
