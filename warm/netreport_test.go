@@ -15,20 +15,37 @@ import (
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/netfwd"
 )
 
-func TestSNMPField(t *testing.T) {
-	snmp := "Icmp: InMsgs OutDestUnreachs OutEchos\nIcmp: 5 7 0\nTcp: RtoAlgorithm OutRsts InCsumErrors\nTcp: 1 42 0\n"
-	snmp6 := "Ip6InReceives 9\nIcmp6OutDestUnreachs 3\n"
-	for _, tt := range []struct{ data, prefix, name, want string }{
-		{snmp, "Tcp:", "OutRsts", "42"},
-		{snmp, "Icmp:", "OutDestUnreachs", "7"},
-		{snmp, "Tcp:", "Nothing", ""},
-		{snmp, "Udp:", "OutRsts", ""},
-		{snmp6, "", "Icmp6OutDestUnreachs", "3"},
-		{snmp6, "", "Icmp6Missing", ""},
-	} {
-		if got := snmpField(tt.data, tt.prefix, tt.name); got != tt.want {
-			t.Errorf("snmpField(%s %s) = %q, want %q", tt.prefix, tt.name, got, tt.want)
+func TestLoPackets(t *testing.T) {
+	l := &callLog{}
+	if _, ok := l.loPackets(); ok {
+		t.Fatal("without the file, the count must be unknown (and a flush made)")
+	}
+	f, err := os.Open("/sys/class/net/lo/statistics/rx_packets")
+	if err != nil {
+		t.Skip("no sysfs here:", err)
+	}
+	defer f.Close()
+	l.lo = f
+	before, ok := l.loPackets()
+	if !ok || before == "" {
+		t.Fatalf("count %q %v", before, ok)
+	}
+	// A packet on lo moves it.
+	c, err := net.Dial("udp4", "127.0.0.1:9")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = c.Write([]byte("x"))
+	c.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if after, _ := l.loPackets(); after != before {
+			return
 		}
+		if time.Now().After(deadline) {
+			t.Fatalf("lo's count stayed %s after a packet", before)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 

@@ -19,7 +19,9 @@
 //	parallel_16     16 clients at once into it; per-call latency
 //	parallel_16_bare  the same 16 clients running host busybox `true`, no
 //	                sandbox: what the machine's cores allow parallel_16
-//	warm_exec_allowlist  warm_exec with --allow-domain and --add-host
+//	warm_exec_allowlist  warm_exec with --allow-domain and --add-host, each
+//	                call after one of warm_exec_alternating (warm_exec's
+//	                call), its baseline at the same moment
 //	net_connect     per connection through the allow-list: dial, one byte
 //	                each way, close (netprobe, a static client the harness
 //	                builds, to an echo server on the host's loopback)

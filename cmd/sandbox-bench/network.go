@@ -92,7 +92,7 @@ func (b *bench) netArgs(s *netServers, cmd ...string) []string {
 }
 
 // netScenarioNames are the results netScenarios gives, in order.
-var netScenarioNames = []string{"warm_exec_allowlist", "net_connect", "net_connect_direct", "net_download_256m", "net_download_256m_direct", "net_concurrent_100"}
+var netScenarioNames = []string{"warm_exec_allowlist", "warm_exec_alternating", "net_connect", "net_connect_direct", "net_download_256m", "net_download_256m_direct", "net_concurrent_100"}
 
 // netScenarios measures warm_exec with an allow-list, then each network
 // scenario through it and directly.
@@ -119,14 +119,10 @@ func (b *bench) netScenarios(ctx context.Context) []Result {
 		return fail("failed: "+oneLine(err.Error()), true)
 	}
 	defer s.close()
-	return []Result{
-		b.warmExecAllowlist(ctx, s),
-		b.netConnect(ctx, s, probe, true),
-		b.netConnect(ctx, s, probe, false),
-		b.netDownload(ctx, s, probe, true),
-		b.netDownload(ctx, s, probe, false),
-		b.netConcurrent(ctx, s, probe),
-	}
+	out := b.warmExecAllowlist(ctx, s)
+	out = append(out, b.netConnect(ctx, s, probe)...)
+	out = append(out, b.netDownload(ctx, s, probe)...)
+	return append(out, b.netConcurrent(ctx, s, probe))
 }
 
 // netprobe returns the static client, copied into the workdir so the
@@ -179,21 +175,38 @@ func moduleRoot(ctx context.Context) (string, error) {
 }
 
 // warmExecAllowlist is warm_exec with an allow-list: the network it adds
-// costs the warm path nothing per call.
-func (b *bench) warmExecAllowlist(ctx context.Context, s *netServers) Result {
+// costs the warm path nothing per call. Its calls alternate with plain
+// warm_exec calls (warm_exec_alternating), its baseline on a machine
+// whose load changes between minutes.
+func (b *bench) warmExecAllowlist(ctx context.Context, s *netServers) []Result {
 	p := b.sandbox(b.netArgs(s, "true")...)
+	plain := b.sandbox(b.warmArgs("true")...)
 	r := Result{Name: "warm_exec_allowlist", Kind: kindSandbox, Command: shellJoin(p.argv[1:]),
-		Counterpart: []string{"podman_exec"}, Note: "warm_exec with --allow-domain and --add-host: its own warm container, started by an untimed first call"}
-	b.logf("warm_exec_allowlist")
+		Counterpart: []string{"podman_exec"}, Note: "warm_exec with --allow-domain and --add-host: its own warm container, started by an untimed first call; calls alternate with warm_exec_alternating's"}
+	alt := Result{Name: "warm_exec_alternating", Kind: kindSandbox, Command: shellJoin(plain.argv[1:]),
+		Counterpart: []string{"podman_exec"}, Note: "warm_exec's call, one before each warm_exec_allowlist call: that scenario's same-moment baseline"}
+	b.logf("warm_exec_allowlist, warm_exec_alternating")
+	fail := func(err error) []Result { return []Result{b.record(r, nil, err), b.record(alt, nil, err)} }
 	if err := b.settle(ctx, b.image); err != nil {
-		return b.record(r, nil, err)
+		return fail(err)
 	}
-	if err := verify(ctx, p, ""); err != nil {
-		return b.record(r, nil, err)
+	for _, q := range []proc{p, plain} {
+		if err := verify(ctx, q, ""); err != nil {
+			return fail(err)
+		}
 	}
 	r.Note += b.fastPathNote(ctx, p)
-	samples, err := b.measure(ctx, b.plan.Fast, b.timed(p))
-	return b.record(r, samples, err)
+	alt.Note += b.fastPathNote(ctx, plain)
+	var alternate []time.Duration
+	samples, err := b.measure(ctx, b.plan.Fast, func(int) (time.Duration, error) {
+		d, err := b.l.Time(plain)
+		if err != nil {
+			return 0, err
+		}
+		alternate = append(alternate, d)
+		return b.l.Time(p)
+	})
+	return []Result{b.record(r, samples, err), b.record(alt, alternate, err)}
 }
 
 // probeProc runs netprobe through the allow-list or directly on the host.
@@ -204,23 +217,44 @@ func (b *bench) probeProc(s *netServers, probe string, inside bool, args ...stri
 	return proc{argv: append([]string{probe}, args...), env: b.env, dir: b.workdir}
 }
 
-func (b *bench) netConnect(ctx context.Context, s *netServers, probe string, inside bool) Result {
-	host, name, kind := netName, "net_connect", kindSandbox
-	note := "per connection: dial, one byte each way, close, through the allow-list (DNS looked up once, outside the timing)"
-	if !inside {
-		host, name, kind = "127.0.0.1", "net_connect_direct", kindBare
-		note = "the same client on the host, straight to the echo server on its loopback"
+// The pairs below are measured interleaved, one sample (or one batch) of
+// each in turn, so on a shared machine both sides see the same load.
+
+// netConnect measures net_connect and net_connect_direct: rounds of
+// connections through the allow-list and directly, alternating.
+func (b *bench) netConnect(ctx context.Context, s *netServers, probe string) []Result {
+	const perRound = 20
+	rounds := max(b.plan.Fast/10, 2)
+	in := b.probeProc(s, probe, true, "connect", fmt.Sprintf("%s:%d", netName, s.echo), strconv.Itoa(perRound))
+	direct := b.probeProc(s, probe, false, "connect", fmt.Sprintf("127.0.0.1:%d", s.echo), strconv.Itoa(perRound))
+	rIn := Result{Name: "net_connect", Kind: kindSandbox, Command: shellJoin(in.argv[1:]),
+		Note: "per connection: dial, one byte each way, close, through the allow-list to an echo server on the host's loopback (DNS looked up once, outside the timing); batches of 20 alternating with net_connect_direct"}
+	rDirect := Result{Name: "net_connect_direct", Kind: kindBare, Command: shellJoin(direct.argv),
+		Note: "the same client on the host, straight to the echo server; batches alternating with net_connect"}
+	b.logf("net_connect, net_connect_direct")
+	var samplesIn, samplesDirect []time.Duration
+	var err error
+	for i := 0; i < rounds && err == nil; i++ {
+		for _, side := range []struct {
+			p   proc
+			out *[]time.Duration
+		}{{in, &samplesIn}, {direct, &samplesDirect}} {
+			var got []time.Duration
+			if got, err = probeNanos(ctx, side.p, perRound); err != nil {
+				break
+			}
+			*side.out = append(*side.out, got...)
+		}
 	}
-	n := max(2*b.plan.Fast, 20)
-	p := b.probeProc(s, probe, inside, "connect", fmt.Sprintf("%s:%d", host, s.echo), strconv.Itoa(n))
-	r := Result{Name: name, Kind: kind, Command: shellJoin(p.argv), Note: note}
-	b.logf("%s", name)
+	return []Result{b.record(rIn, samplesIn, err), b.record(rDirect, samplesDirect, err)}
+}
+
+func probeNanos(ctx context.Context, p proc, want int) ([]time.Duration, error) {
 	out, err := Output(ctx, p, nil)
 	if err != nil {
-		return b.record(r, nil, err)
+		return nil, err
 	}
-	samples, err := parseNanos(out, n)
-	return b.record(r, samples, err)
+	return parseNanos(out, want)
 }
 
 // parseNanos reads one duration in nanoseconds per line.
@@ -239,32 +273,52 @@ func parseNanos(out string, want int) ([]time.Duration, error) {
 	return samples, nil
 }
 
-func (b *bench) netDownload(ctx context.Context, s *netServers, probe string, inside bool) Result {
-	host, name, kind := netName, "net_download_256m", kindSandbox
-	note := "256 MiB over HTTP from the host's loopback through the allow-list; the client's own transfer time"
-	if !inside {
-		host, name, kind = "127.0.0.1", "net_download_256m_direct", kindBare
-		note = "the same download by the same client on the host, straight from the server"
-	}
-	p := b.probeProc(s, probe, inside, "download", fmt.Sprintf("%s:%d", host, s.http), fmt.Sprintf("/bytes?n=%d", downloadSize))
-	r := Result{Name: name, Kind: kind, Command: shellJoin(p.argv), Note: note}
-	b.logf("%s", name)
-	samples, err := b.measure(ctx, b.plan.Slow, func(int) (time.Duration, error) {
-		out, err := Output(ctx, p, nil)
+// netDownload measures net_download_256m and its direct twin, one download
+// of each in turn.
+func (b *bench) netDownload(ctx context.Context, s *netServers, probe string) []Result {
+	path := fmt.Sprintf("/bytes?n=%d", downloadSize)
+	in := b.probeProc(s, probe, true, "download", fmt.Sprintf("%s:%d", netName, s.http), path)
+	direct := b.probeProc(s, probe, false, "download", fmt.Sprintf("127.0.0.1:%d", s.http), path)
+	rIn := Result{Name: "net_download_256m", Kind: kindSandbox, Command: shellJoin(in.argv[1:]),
+		Note: "256 MiB over HTTP from the host's loopback through the allow-list; the client's own transfer time; alternating with the direct download"}
+	rDirect := Result{Name: "net_download_256m_direct", Kind: kindBare, Command: shellJoin(direct.argv),
+		Note: "the same download by the same client on the host, straight from the server; alternating with net_download_256m"}
+	b.logf("net_download_256m, net_download_256m_direct")
+	var samplesIn, samplesDirect []time.Duration
+	_, err := b.measure(ctx, b.plan.Slow, func(int) (time.Duration, error) {
+		d, err := downloadNanos(ctx, in)
 		if err != nil {
 			return 0, err
 		}
-		f := strings.Fields(out)
-		if len(f) != 2 || f[1] != strconv.Itoa(downloadSize) {
-			return 0, fmt.Errorf("netprobe printed %q, want NANOS %d", oneLine(out), downloadSize)
+		samplesIn = append(samplesIn, d)
+		d, err = downloadNanos(ctx, direct)
+		if err != nil {
+			return 0, err
 		}
-		ns, err := strconv.ParseInt(f[0], 10, 64)
-		return time.Duration(ns), err
+		samplesDirect = append(samplesDirect, d)
+		return d, nil
 	})
-	if err == nil && len(samples) > 0 {
-		r.Note += fmt.Sprintf("; %.0f MB/s at p50", float64(downloadSize)/1e6/median(samples).Seconds())
+	results := []Result{b.record(rIn, samplesIn, err), b.record(rDirect, samplesDirect, err)}
+	for i, samples := range [][]time.Duration{samplesIn, samplesDirect} {
+		if err == nil && len(samples) > 0 {
+			results[i].Note += fmt.Sprintf("; %.0f MB/s at p50", float64(downloadSize)/1e6/median(samples).Seconds())
+		}
 	}
-	return b.record(r, samples, err)
+	return results
+}
+
+// downloadNanos runs one download and returns the client's transfer time.
+func downloadNanos(ctx context.Context, p proc) (time.Duration, error) {
+	out, err := Output(ctx, p, nil)
+	if err != nil {
+		return 0, err
+	}
+	f := strings.Fields(out)
+	if len(f) != 2 || f[1] != strconv.Itoa(downloadSize) {
+		return 0, fmt.Errorf("netprobe printed %q, want NANOS %d", oneLine(out), downloadSize)
+	}
+	ns, err := strconv.ParseInt(f[0], 10, 64)
+	return time.Duration(ns), err
 }
 
 func median(s []time.Duration) time.Duration {
