@@ -177,3 +177,104 @@ func TestHostPathNotVisible(t *testing.T) {
 		}
 	})
 }
+
+// TestHostNoticeOncePerChoice: with the plugin's default line and no
+// buildable flake, the host image stands in and the user is told once per
+// change of that choice, not in the first result of every new workdir;
+// two calls at once do not both say it, nor split it; --doctor reports the
+// choice and why. When the default flake builds, then breaks again, the
+// fall-back is said again.
+func TestHostNoticeOncePerChoice(t *testing.T) {
+	forEachUser(t, func(t *testing.T, u *testUser) {
+		base := u.workdir(t)
+		data, cache := filepath.Join(base, "data"), filepath.Join(base, "cache")
+		env := []string{"PATH=/usr/bin:/bin", "LECTIC_DATA=" + data, "LECTIC_CACHE=" + cache}
+		notice := "lectic-nix-sandbox: using the host image: nix is not installed; pass --flake or --image to choose an image"
+		// nix is installed on this machine; --nix-exe pointing at nothing
+		// is how a machine without it looks to the sandbox.
+		run := func(env []string, nixExe, wd string) result {
+			return u.run(context.Background(), t, runOpts{dir: wd, env: env},
+				"--nix-exe", nixExe, "-d", wd, "sh", "-c", "test -d /usr/bin && echo host; echo fixture=$FIXTURE")
+		}
+		r := run(env, "/nonexistent/nix", u.workdir(t))
+		wantOK(t, r)
+		if r.stdout != "host\nfixture=\n" || strings.Count(r.stderr, "\n") != 1 || !strings.HasPrefix(r.stderr, notice) {
+			t.Fatalf("first workdir: want the host image and one notice: %v", r)
+		}
+		r = run(env, "/nonexistent/nix", u.workdir(t))
+		wantOK(t, r)
+		if r.stdout != "host\nfixture=\n" || r.stderr != "" {
+			t.Fatalf("a second new workdir repeated the notice: %v", r)
+		}
+		r = u.run(context.Background(), t, runOpts{env: env}, "--doctor")
+		if !strings.Contains(r.stdout, "warn image: the host image since ") || !strings.Contains(r.stdout, ": nix is not installed\n") {
+			t.Fatalf("--doctor does not report the host image and why:\n%s", r.stdout)
+		}
+
+		// Two new workdirs at once, with a cache that has seen no choice:
+		// one of them says it, whole.
+		env2 := []string{"PATH=/usr/bin:/bin", "LECTIC_DATA=" + data, "LECTIC_CACHE=" + filepath.Join(base, "cache2")}
+		results := make([]result, 2)
+		done := make(chan int)
+		for i := range results {
+			wd := u.workdir(t)
+			go func() {
+				results[i] = run(env2, "/nonexistent/nix", wd)
+				done <- i
+			}()
+		}
+		<-done
+		<-done
+		told := 0
+		for _, r := range results {
+			wantOK(t, r)
+			switch {
+			case r.stderr == "":
+			case strings.HasPrefix(r.stderr, notice) && strings.Count(r.stderr, "\n") == 1:
+				told++
+			default:
+				t.Fatalf("a concurrent call's stderr is neither empty nor the whole notice: %v", r)
+			}
+		}
+		if told != 1 {
+			t.Fatalf("%d of two concurrent calls said the notice, want 1: %v", told, results)
+		}
+
+		// The default flake (the installed plugin's) becomes buildable:
+		// the flake is used, silently; broken again, the host image is
+		// said again.
+		flake, nixExe, _ := fixtureFlake(t, u)
+		plugin := filepath.Join(data, "plugins", "nix-sandbox")
+		if err := os.MkdirAll(plugin, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range []string{"flake.nix", "busybox"} {
+			b, err := os.ReadFile(filepath.Join(flake, f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(plugin, f), b, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		chown(t, u, filepath.Join(data, "plugins"), plugin, filepath.Join(plugin, "flake.nix"), filepath.Join(plugin, "busybox"))
+		nixEnv := append(append([]string(nil), env...), "NIX_CONFIG=substituters =\nexperimental-features = nix-command flakes")
+		r = run(nixEnv, nixExe, u.workdir(t))
+		if r.code != 0 || r.stdout != "fixture=1\n" || strings.Contains(r.stderr, "host image") {
+			t.Fatalf("the default flake, now buildable, must be used without a notice: %v", r)
+		}
+		r = u.run(context.Background(), t, runOpts{env: nixEnv}, "--nix-exe", nixExe, "--doctor")
+		if !strings.Contains(r.stdout, "ok   image: the default flake path:"+plugin+" since ") {
+			t.Fatalf("--doctor does not report the default flake:\n%s", r.stdout)
+		}
+		if err := os.WriteFile(filepath.Join(plugin, "flake.nix"), []byte("{ outputs = { self }: { }; }\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		r = run(nixEnv, nixExe, u.workdir(t))
+		// (nix's progress line comes first)
+		if r.code != 0 || r.stdout != "host\nfixture=\n" || strings.Count(r.stderr, "using the host image") != 1 ||
+			!strings.Contains(r.stderr, "\nlectic-nix-sandbox: using the host image: the default flake could not be built (") {
+			t.Fatalf("the flake broke: want the host image, said once: %v", r)
+		}
+	})
+}

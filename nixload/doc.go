@@ -49,6 +49,8 @@
 //	rootfs/<chainhex>/root/   the image, hardlinked from the layers
 //	rootfs/host-<hex>/        the host image
 //	sources/*.json            source caches; their chain_id keeps images from GC
+//	sources/choice-<hex>.json the image a default flake last ended up with
+//	                          (the flake or the host image) and why (Choice)
 //	tmp/<pid>-<rand>{,.lock}  a loader's work dir and the flock it holds
 //	locks/                    flock files: store (loads shared, GC exclusive),
 //	                          layer-<hex>, rootfs-<name>

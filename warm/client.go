@@ -54,9 +54,6 @@ type Spec struct {
 	Image   string        // shown by List: a human label of the image
 	ChainID string        // the image's chain id; List reports it so GC keeps the image
 	Workdir string        // shown by List; "" = Create.Config.Workdir
-	// Notice is written once to the request's stderr when this call creates
-	// the container (e.g. why the host image is used).
-	Notice string
 	// TicketDir holds the fast-path tickets (package fastpath) of calls
 	// that may name this container. When the container ends, its
 	// supervisor removes the tickets whose agent socket is gone, so
@@ -199,7 +196,7 @@ func runWithRetry(ctx context.Context, tempRoot string, s Spec, r Request, sock 
 			if !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ECONNREFUSED) {
 				return exitSandbox, fmt.Errorf("reach the sandbox agent: %w", err)
 			}
-			if err := ensureAgent(ctx, tempRoot, s, orDefault(r.Stderr, os.Stderr)); err != nil {
+			if err := ensureAgent(ctx, tempRoot, s); err != nil {
 				return exitSandbox, err
 			}
 			continue

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -46,7 +45,7 @@ type supervisorSpec struct {
 }
 
 // ensureAgent starts the key's container unless another caller did.
-func ensureAgent(ctx context.Context, tempRoot string, s Spec, stderr io.Writer) error {
+func ensureAgent(ctx context.Context, tempRoot string, s Spec) error {
 	if !validKey(s.Key) {
 		return fmt.Errorf("warm: invalid key %q", s.Key)
 	}
@@ -63,13 +62,7 @@ func ensureAgent(ctx context.Context, tempRoot string, s Spec, stderr io.Writer)
 	if err := clearStale(ctx, dir); err != nil {
 		return err
 	}
-	if err := startSupervisor(ctx, dir, s); err != nil {
-		return err
-	}
-	if s.Notice != "" {
-		fmt.Fprintln(stderr, "lectic-nix-sandbox: "+s.Notice)
-	}
-	return nil
+	return startSupervisor(ctx, dir, s)
 }
 
 // clearStale removes what a dead container left in dir. A supervisor that

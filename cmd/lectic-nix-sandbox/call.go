@@ -43,7 +43,6 @@ func runInSandbox(ctx context.Context, c sandboxCall) (int, error) {
 		Image:   c.image.label,
 		ChainID: c.image.img.ChainID,
 		Workdir: c.workdir,
-		Notice:  c.image.notice,
 		Users: []oci.User{{Name: c.caller.name, UID: uint32(c.caller.uid), GID: uint32(c.caller.gid),
 			Home: target, Shell: imageShell(c.image.img)}},
 		Groups: []oci.Group{{Name: c.caller.name, GID: uint32(c.caller.gid)}},

@@ -12,12 +12,10 @@ import (
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/nixload"
 )
 
-// imageChoice is the resolved image plus what the user should be told if a
-// container ends up being created from it.
+// imageChoice is the resolved image.
 type imageChoice struct {
-	img    *nixload.Image
-	label  string // for --list: the flake ref, file path or "host"
-	notice string // said once on stderr when a container is created
+	img   *nixload.Image
+	label string // for --list: the flake ref, file path or "host"
 }
 
 // resolveImage picks the image source in the documented order: --image,
@@ -42,28 +40,48 @@ func resolveImage(ctx context.Context, o options, r roots, store *nixload.Store,
 		return imageChoice{}, err
 	}
 	if img, ok := store.CachedFlake(src); ok {
-		return imageChoice{img: img, label: src.Ref}, nil
+		return flakeChosen(store, src, explicit, img), nil
 	}
 	if !explicit && !nixUsable(src.NixExe) {
-		return hostFallback(store, "nix is not installed")
+		return hostFallback(store, src.Ref, "nix is not installed", stderr)
 	}
 	img, err := store.LoadFlake(ctx, src)
 	if err != nil {
 		if explicit {
 			return imageChoice{}, err
 		}
-		return hostFallback(store, "the default flake could not be built ("+firstLine(err.Error())+")")
+		return hostFallback(store, src.Ref, "the default flake could not be built ("+firstLine(err.Error())+")", stderr)
 	}
-	return imageChoice{img: img, label: src.Ref}, nil
+	return flakeChosen(store, src, explicit, img), nil
 }
 
-func hostFallback(store *nixload.Store, why string) (imageChoice, error) {
+// flakeChosen records that the default flake is in use again, so that a
+// later fall-back to the host image is said again.
+func flakeChosen(store *nixload.Store, src nixload.FlakeSource, explicit bool, img *nixload.Image) imageChoice {
+	if !explicit {
+		_, _ = store.NoteChoice(nixload.Choice{Ref: src.Ref, Image: nixload.ChoiceFlake})
+	}
+	return imageChoice{img: img, label: src.Ref}
+}
+
+// hostFallback stands in the host image for a default flake that cannot
+// be built. The user is told once per change of that choice (the cache
+// remembers it), not in the first tool result of every new container:
+// Lectic hands stderr to the model.
+func hostFallback(store *nixload.Store, ref, why string, stderr io.Writer) (imageChoice, error) {
 	img, err := store.Host()
 	if err != nil {
 		return imageChoice{}, err
 	}
-	return imageChoice{img: img, label: "host",
-		notice: "using the host image: " + why + "; pass --flake or --image to choose an image"}, nil
+	changed, err := store.NoteChoice(nixload.Choice{Ref: ref, Image: nixload.ChoiceHost, Why: why})
+	if changed || err != nil {
+		fmt.Fprintln(stderr, "lectic-nix-sandbox: "+hostNotice(why))
+	}
+	return imageChoice{img: img, label: "host"}, nil
+}
+
+func hostNotice(why string) string {
+	return "using the host image: " + why + "; pass --flake or --image to choose an image (said once; lectic-nix-sandbox --doctor shows the choice)"
 }
 
 // flakeSource builds the Nix source from the options and the environment.

@@ -137,6 +137,7 @@ func install(dir string, r roots, stdout io.Writer) error {
 
 func doctor(ctx context.Context, r roots, stdout io.Writer) error {
 	checks := namespace.Doctor(ctx, r.temp, r.cache)
+	checks = append(checks, imageCheck(r))
 	failed := false
 	for _, c := range checks {
 		mark := "ok  "
@@ -170,4 +171,42 @@ func versionString() string {
 		}
 	}
 	return "lectic-nix-sandbox " + v + " (warm protocol " + fmt.Sprint(warm.Proto) + ")"
+}
+
+// imageCheck says which image a call without --image or --flake gets, and
+// why: the default flake, or the host image standing in for it. It builds
+// nothing; it reports what the last calls chose.
+func imageCheck(r roots) namespace.Check {
+	c := namespace.Check{Name: "image"}
+	src, explicit, err := flakeSource(defaultOptions(), r, io.Discard)
+	if err != nil {
+		c.Detail = "no default image source: " + err.Error()
+		c.Fix = "pass --flake or --image, or run lectic-nix-sandbox --install"
+		return c
+	}
+	store, err := nixload.Open(r.cache)
+	if err != nil {
+		c.Detail = err.Error()
+		return c
+	}
+	last, ok := store.LastChoice(src.Ref)
+	_, cached := store.CachedFlake(src)
+	switch {
+	case explicit || !ok && cached:
+		c.OK = true
+		c.Detail = "the flake " + src.Ref
+		if cached {
+			c.Detail += " (built and cached)"
+		}
+	case !ok:
+		c.OK = true
+		c.Detail = "the default flake " + src.Ref + " (not built yet: the first call builds it, or uses the host image if it cannot)"
+	case last.Image == nixload.ChoiceHost:
+		c.Detail = "the host image since " + last.Since.Local().Format(time.RFC3339) + ": " + last.Why
+		c.Fix = "make " + src.Ref + "#containerImage buildable (nix build " + src.Ref + "#containerImage shows why it is not), or pass --flake or --image"
+	default:
+		c.OK = true
+		c.Detail = "the default flake " + src.Ref + " since " + last.Since.Local().Format(time.RFC3339)
+	}
+	return c
 }
