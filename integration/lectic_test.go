@@ -3,10 +3,12 @@ package integration
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -276,5 +278,186 @@ func TestHostNoticeOncePerChoice(t *testing.T) {
 			!strings.Contains(r.stderr, "\nlectic-nix-sandbox: using the host image: the default flake could not be built (") {
 			t.Fatalf("the flake broke: want the host image, said once: %v", r)
 		}
+	})
+}
+
+// listIn lists the warm containers under one temp root.
+func (u *testUser) listIn(t *testing.T, temp string) []warmInfo {
+	t.Helper()
+	r := u.run(context.Background(), t, runOpts{env: []string{"LECTIC_TEMP=" + temp}}, "--list", "--json")
+	wantOK(t, r)
+	var all []warmInfo
+	if err := json.Unmarshal([]byte(r.stdout), &all); err != nil {
+		t.Fatalf("--list --json: %v: %q", err, r.stdout)
+	}
+	return all
+}
+
+// settleList waits until the containers under temp number want (stopping
+// an evicted container takes up to a second each), and returns them.
+func (u *testUser) settleList(t *testing.T, temp string, want int) []warmInfo {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		got := u.listIn(t, temp)
+		if len(got) == want || time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// privateTemp is a temp root of the test's own, so that it counts only its
+// own containers.
+func (u *testUser) privateTemp(t *testing.T) string {
+	t.Helper()
+	temp := filepath.Join(u.workdir(t), "t")
+	if err := os.Mkdir(temp, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	chown(t, u, temp)
+	t.Cleanup(func() {
+		u.run(context.Background(), nil, runOpts{env: []string{"LECTIC_TEMP=" + temp}}, "--stop", "all")
+	})
+	return temp
+}
+
+// TestWarmContainersDoNotPileUp: after calls in 20 workdirs, at most
+// --max-warm (default 16) idle containers stay, the most recently used.
+func TestWarmContainersDoNotPileUp(t *testing.T) {
+	forEachUser(t, func(t *testing.T, u *testUser) {
+		temp := u.privateTemp(t)
+		env := []string{"LECTIC_TEMP=" + temp}
+		var wds []string
+		for range 20 {
+			wd := u.workdir(t)
+			wds = append(wds, wd)
+			wantOK(t, u.sandbox(t, wd, runOpts{env: env}, "true"))
+		}
+		got := u.settleList(t, temp, 16)
+		if len(got) != 16 {
+			t.Fatalf("after 20 workdirs, %d warm containers, want 16: %+v", len(got), got)
+		}
+		kept := map[string]bool{}
+		for _, w := range got {
+			kept[w.Workdir] = true
+		}
+		for i, wd := range wds {
+			if kept[wd] != (i >= 4) {
+				t.Fatalf("workdir #%d kept=%v: the least recently used four must go, the last 16 stay", i+1, kept[wd])
+			}
+		}
+		// A smaller cap on the next new container applies at once.
+		wantOK(t, u.sandbox(t, u.workdir(t), runOpts{env: env}, "--max-warm", "3", "true"))
+		if got := u.settleList(t, temp, 3); len(got) != 3 {
+			t.Fatalf("--max-warm 3: %d containers stay", len(got))
+		}
+		r := u.sandbox(t, u.workdir(t), runOpts{env: env}, "--max-warm", "0", "true")
+		wantSandboxError(t, r, `--max-warm "0": want a whole number of idle containers from 1 to 1000; --no-keep-warm keeps none`)
+	})
+}
+
+// TestReplacedImageStops: a new image for the same workdir and options
+// (here the host image after the busybox one) replaces the old container,
+// which stops as soon as it is idle rather than after its TTL.
+func TestReplacedImageStops(t *testing.T) {
+	forEachUser(t, func(t *testing.T, u *testUser) {
+		temp := u.privateTemp(t)
+		env := []string{"LECTIC_TEMP=" + temp}
+		wd := u.workdir(t)
+		wantOK(t, u.sandbox(t, wd, runOpts{env: env}, "true"))
+		first := u.listIn(t, temp)
+		if len(first) != 1 {
+			t.Fatalf("one container expected: %+v", first)
+		}
+		other := u.workdir(t)
+		wantOK(t, u.sandbox(t, other, runOpts{env: env}, "true")) // another family stays
+		wantOK(t, u.run(context.Background(), t, runOpts{dir: wd, env: env}, "--image", "host", "-d", wd, "true"))
+		got := u.settleList(t, temp, 2)
+		if len(got) != 2 {
+			t.Fatalf("want the host-image container and the other workdir's: %+v", got)
+		}
+		for _, w := range got {
+			if w.Key == first[0].Key {
+				t.Fatalf("the replaced container is still running: %+v", got)
+			}
+		}
+	})
+}
+
+// supervisorOf reads the supervisor pid of a warm container from its dir.
+func supervisorOf(t *testing.T, temp, key string) int {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(temp, "nix-sandbox", "warm", key, "meta.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m struct {
+		Pid int `json:"supervisor_pid"`
+	}
+	if err := json.Unmarshal(b, &m); err != nil || m.Pid <= 0 {
+		t.Fatalf("meta.json %s: %v", b, err)
+	}
+	return m.Pid
+}
+
+func running(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	return i >= 0 && !strings.HasPrefix(strings.TrimSpace(string(b)[i+1:]), "Z")
+}
+
+func waitEnded(t *testing.T, pid int, within time.Duration, what string) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for running(pid) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: supervisor %d still runs after %s", what, pid, within)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestDeletedTempRoot: a container whose temp root was deleted under it
+// still ends by its TTL; one that never would (TTL 0) is reported by
+// --doctor and stopped with --stop KEY.
+func TestDeletedTempRoot(t *testing.T) {
+	forEachUser(t, func(t *testing.T, u *testUser) {
+		start := func(ttl string) (temp, key string, pid int) {
+			temp = u.privateTemp(t)
+			wd := u.workdir(t)
+			wantOK(t, u.sandbox(t, wd, runOpts{env: []string{"LECTIC_TEMP=" + temp}}, "--warm-ttl-seconds", ttl, "true"))
+			list := u.listIn(t, temp)
+			if len(list) != 1 {
+				t.Fatalf("one container expected: %+v", list)
+			}
+			pid = supervisorOf(t, temp, list[0].Key)
+			if err := os.RemoveAll(temp); err != nil {
+				t.Fatal(err)
+			}
+			return temp, list[0].Key, pid
+		}
+		_, _, byTTL := start("2")
+		_, key, forever := start("0")
+		waitEnded(t, byTTL, 60*time.Second, "TTL 2 s, temp root deleted")
+
+		r := u.run(context.Background(), t, runOpts{}, "--doctor")
+		line := ""
+		for _, l := range strings.Split(r.stdout, "\n") {
+			if strings.Contains(l, "orphaned containers:") {
+				line = l
+			}
+		}
+		if !strings.HasPrefix(line, "warn orphaned containers:") || !strings.Contains(line, key+" (supervisor pid "+strconv.Itoa(forever)) {
+			t.Fatalf("--doctor does not report the orphan %s (pid %d):\n%s", key, forever, r.stdout)
+		}
+		if !strings.Contains(r.stdout, "fix: lectic-nix-sandbox --stop orphaned") {
+			t.Fatalf("--doctor gives no fix for the orphan:\n%s", r.stdout)
+		}
+		wantOK(t, u.run(context.Background(), t, runOpts{}, "--stop", key))
+		waitEnded(t, forever, 30*time.Second, "--stop of an orphan")
 	})
 }

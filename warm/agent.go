@@ -69,6 +69,9 @@ type agent struct {
 	ttl      time.Duration
 	running  int
 	idleFrom time.Time
+	// expire asks the agent to exit as soon as nothing runs (an evicted
+	// or replaced container); a new run request withdraws it.
+	expire   bool
 	inflight int // accepted connections whose request is not read yet
 
 	// calls is set when the container has an allow-list: refusals are
@@ -215,6 +218,8 @@ func (a *agent) pollTimeout() int {
 	switch {
 	case busy:
 		return 1000
+	case a.expire:
+		return 0
 	case a.ttl == 0:
 		return -1
 	}
@@ -232,6 +237,7 @@ func (a *agent) classified(run bool) {
 	a.inflight--
 	if run {
 		a.running++
+		a.expire = false // in use again: no longer the one to let go
 	}
 	a.mu.Unlock()
 }
@@ -272,6 +278,7 @@ func (a *agent) status() *agentStatus {
 	s := &agentStatus{Running: a.running, TTLSeconds: int64(a.ttl / time.Second), Created: a.created}
 	if a.running == 0 {
 		s.IdleSeconds = int64(time.Since(a.idleFrom) / time.Second)
+		s.IdleSince = a.idleFrom
 	}
 	return s
 }
@@ -294,6 +301,12 @@ func (a *agent) handle(c conn) {
 	case msgStatus:
 		closeAll(fds)
 		_ = c.send(&message{Type: msgStatus, Proto: Proto, Build: a.build, Status: a.status()})
+	case msgExpire:
+		closeAll(fds)
+		a.mu.Lock()
+		a.expire = true
+		a.mu.Unlock()
+		_ = c.send(&message{Type: msgExpire, Proto: Proto})
 	case msgStop:
 		closeAll(fds)
 		_ = c.send(&message{Type: msgStop, Proto: Proto})

@@ -54,6 +54,15 @@ type Spec struct {
 	Image   string        // shown by List: a human label of the image
 	ChainID string        // the image's chain id; List reports it so GC keeps the image
 	Workdir string        // shown by List; "" = Create.Config.Workdir
+	// Family names the container's shape without its image and build
+	// (the workdir and options). When a container of a family starts,
+	// the other containers of that family were replaced: each is stopped
+	// as soon as it is idle. "" belongs to no family.
+	Family string
+	// MaxWarm > 0 keeps at most that many idle warm containers under the
+	// temp root, this one counted: when this container starts, the least
+	// recently used others are stopped. 0 = no limit.
+	MaxWarm int
 	// TicketDir holds the fast-path tickets (package fastpath) of calls
 	// that may name this container. When the container ends, its
 	// supervisor removes the tickets whose agent socket is gone, so

@@ -56,6 +56,18 @@
 // stop, crash) or the supervisor gets SIGTERM, it removes the socket first,
 // destroys the container and removes the dir.
 //
+// # Keeping the number of containers down
+//
+// Once its container is ready, a supervisor looks at the others under its
+// temp root (under T/warm/evict.lock, one pass at a time): those of the same
+// Spec.Family (same workdir and options, another image or build) were
+// replaced, and those beyond Spec.MaxWarm idle ones, least recently used
+// first, are too many. Each is sent "expire": its agent exits as soon as no
+// request runs, unless a run request arrives first. The supervisor's argv
+// names its warm dir, so Orphans finds, by /proc, supervisors whose dir was
+// deleted under them (the temp root was removed); they end by their TTL,
+// and StopOrphans ends them sooner.
+//
 // # The agent
 //
 // The agent accepts connections and starts each command with

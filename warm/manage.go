@@ -124,11 +124,33 @@ func clearIfStale(tempRoot, key string) error {
 }
 
 // Stop ends the warm container of key, or of every key for "all", and
-// waits until its dir is gone.
+// waits until its dir is gone. A key that names no container under
+// tempRoot may name an orphan (see Orphans); "orphaned" stops every
+// orphan of this user.
 func Stop(tempRoot, key string) error {
+	if key == "orphaned" {
+		orphans, err := Orphans()
+		if err != nil {
+			return err
+		}
+		return StopOrphans(orphans)
+	}
 	if key != "all" {
 		if !validKey(key) {
 			return fmt.Errorf("no warm container %q; see --list for the keys", key)
+		}
+		if _, err := os.Stat(warmDir(tempRoot, key)); errors.Is(err, os.ErrNotExist) {
+			if orphans, err := Orphans(); err == nil {
+				var mine []Orphan
+				for _, o := range orphans {
+					if o.Key == key {
+						mine = append(mine, o)
+					}
+				}
+				if len(mine) > 0 {
+					return StopOrphans(mine)
+				}
+			}
 		}
 		return stopOne(tempRoot, key)
 	}

@@ -48,6 +48,9 @@ const (
 	// msgNoticed, and only then does the command start.
 	msgNotice  = "notice"
 	msgNoticed = "noticed"
+	// msgExpire asks an agent to exit as soon as no request runs, unless
+	// a new run request arrives first; it answers msgExpire.
+	msgExpire = "expire"
 )
 
 // reasonMismatch marks an error reply that means "this agent speaks another
@@ -134,6 +137,7 @@ type message struct {
 type agentStatus struct {
 	Running     int       `json:"running_requests"`
 	IdleSeconds int64     `json:"idle_seconds"`
+	IdleSince   time.Time `json:"idle_since,omitzero"` // when the last request ended; zero while one runs
 	TTLSeconds  int64     `json:"ttl_seconds"`
 	Created     time.Time `json:"created"`
 }

@@ -262,6 +262,8 @@ type meta struct {
 	AgentPid      int       `json:"agent_pid"`
 	TTLSeconds    int64     `json:"ttl_seconds"`
 	BuildID       string    `json:"build_id"`
+	Family        string    `json:"family,omitempty"`
+	OneShot       bool      `json:"one_shot,omitempty"`
 }
 
 func readMeta(dir string) (*meta, error) {

@@ -125,7 +125,9 @@ func startSupervisor(ctx context.Context, dir string, s Spec) error {
 	}
 	defer readyR.Close()
 	cmd := exec.Command("/proc/self/exe")
-	cmd.Args = []string{"lectic-nix-sandbox-supervisor"}
+	// The dir in argv (which anyone may read) is how --doctor finds a
+	// supervisor whose temp root was deleted under it.
+	cmd.Args = []string{supervisorArg0, dir}
 	cmd.Env = []string{envSupervisor + "=1", "PATH=" + os.Getenv("PATH")}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.ExtraFiles = []*os.File{specR, readyW}
@@ -220,7 +222,14 @@ func RunSupervisor() int {
 	}
 	fmt.Fprintln(ready, "ok")
 	ready.Close()
+	// The call goes on meanwhile: its container is ready.
+	evicted := make(chan struct{})
+	go func() {
+		defer close(evicted)
+		evict(filepath.Dir(filepath.Dir(sv.dir)), sv.spec, sv.log)
+	}()
 	sv.serve()
+	<-evicted
 	sv.cleanup()
 	return 0
 }
@@ -269,6 +278,8 @@ func (sv *supervisor) writeMeta() error {
 		AgentPid:      sv.agent.pid(),
 		TTLSeconds:    int64(sv.spec.TTL / time.Second),
 		BuildID:       sv.spec.BuildID,
+		Family:        sv.spec.Family,
+		OneShot:       sv.spec.OneShot,
 	})
 }
 

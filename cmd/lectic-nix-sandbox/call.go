@@ -34,9 +34,12 @@ func runInSandbox(ctx context.Context, c sandboxCall) (int, error) {
 		return 0, err
 	}
 	target := homeTarget(c.caller)
-	key := warm.Key(warmKeyParts(c, buildID, target)...)
+	shape := shapeParts(c, target)
+	key := warm.Key(append(imageParts(c, buildID), shape...)...)
 	spec := warm.Spec{
 		Key:     key,
+		Family:  warm.Key(shape...),
+		MaxWarm: c.opts.maxWarm,
 		TTL:     time.Duration(c.opts.warmTTL) * time.Second,
 		OneShot: !c.opts.keepWarm,
 		BuildID: buildID,
@@ -96,19 +99,23 @@ func namedEnv(flags []string) ([]string, error) {
 	return append(pass, flags...), nil
 }
 
-// warmKeyParts lists everything that shapes the container. Anything per
-// request (argv, env, timeout, user) stays out so calls share a container;
-// the user mode is in because caller and root modes see different
-// /etc/passwd entries.
-func warmKeyParts(c sandboxCall, buildID, homeTarget string) []string {
+// The warm key covers everything that shapes the container: its image and
+// the binary (imageParts), and its workdir and options (shapeParts).
+// Anything per request (argv, env, timeout, user) stays out so calls share
+// a container; the user mode is in because caller and root modes see
+// different /etc/passwd entries. The shape alone names the container's
+// family: a new image for the same shape replaces the old container.
+func imageParts(c sandboxCall, buildID string) []string {
+	return []string{"chain=" + c.image.img.ChainID, "build=" + buildID}
+}
+
+func shapeParts(c sandboxCall, homeTarget string) []string {
 	parts := []string{
-		"chain=" + c.image.img.ChainID,
 		"workdir=" + c.workdir,
 		"home=" + c.home + ":" + homeTarget,
 		"net=" + strconv.FormatBool(c.opts.allowNet),
 		"user=" + c.opts.user,
 		"uid=" + strconv.Itoa(c.caller.uid) + ":" + strconv.Itoa(c.caller.gid) + ":" + c.caller.name,
-		"build=" + buildID,
 	}
 	for _, v := range c.volumes {
 		parts = append(parts, fmt.Sprintf("vol=%s:%s:%t", v.Source, v.Target, v.ReadOnly))

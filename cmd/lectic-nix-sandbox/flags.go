@@ -22,6 +22,7 @@ type options struct {
 	net          *netpolicy.Policy
 	keepWarm     bool
 	warmTTL      int
+	maxWarm      int
 	packagesFile string
 	image        string
 	flake        string
@@ -69,8 +70,25 @@ const defaultWarmTTL = 900
 // time.Duration; 0 already means never.
 const maxWarmTTL = int64(flagvalue.Year / time.Second)
 
+// defaultMaxWarm and maxMaxWarm bound --max-warm: idle warm containers
+// kept per user (each holds about 10 MB).
+const (
+	defaultMaxWarm = 16
+	maxMaxWarm     = 1000
+)
+
 func defaultOptions() options {
-	return options{keepWarm: true, warmTTL: defaultWarmTTL, user: "caller"}
+	return options{keepWarm: true, warmTTL: defaultWarmTTL, maxWarm: defaultMaxWarm, user: "caller"}
+}
+
+// parseMaxWarm takes a plain whole number from 1 to maxMaxWarm: no sign,
+// no spaces, no exponent. Keeping none is --no-keep-warm.
+func parseMaxWarm(name, v string) (int, error) {
+	n, err := flagvalue.Int(name, v, 1, maxMaxWarm, "idle containers")
+	if err != nil {
+		return 0, &usageError{err.Error() + "; --no-keep-warm keeps none"}
+	}
+	return int(n), nil
 }
 
 func setAction(action string) func(o *options, name, value string) error {
@@ -102,6 +120,11 @@ var flagTable = []flagSpec{
 		}
 		o.warmTTL = int(ttl)
 		return nil
+	}},
+	{names: []string{"--max-warm"}, takesValue: true, apply: func(o *options, n, v string) error {
+		m, err := parseMaxWarm(n, v)
+		o.maxWarm = m
+		return err
 	}},
 	{names: []string{"--nix-packages-file"}, takesValue: true, apply: func(o *options, _, v string) error { o.packagesFile = v; return nil }},
 	{names: []string{"--image"}, takesValue: true, apply: func(o *options, _, v string) error { o.image = v; return nil }},
@@ -238,7 +261,7 @@ func parseArgs(args []string) (options, error) {
 }
 
 const usageText = `usage: lectic-nix-sandbox [OPTIONS] [--] COMMAND [ARGS...]
-       lectic-nix-sandbox --doctor | --list [--json] | --stop KEY|all | --prune | --gc
+       lectic-nix-sandbox --doctor | --list [--json] | --stop KEY|all|orphaned | --prune | --gc
        lectic-nix-sandbox --install [DIR] | --load IMAGE | --version | --help
 
 Runs COMMAND in a rootless container built from a Nix image. Options end at
@@ -283,10 +306,13 @@ Warm containers:
       --no-keep-warm           one container for this call only, removed after it
       --warm-ttl-seconds N     stop an idle warm container after N s (default 900;
                                0 = never; at most 31536000, a year)
+      --max-warm N             keep at most N idle warm containers per user; a new
+                               one stops the least recently used (default 16)
 Management:
       --doctor                 check this machine and explain how to fix problems
       --list [--json]          list warm containers
-      --stop KEY|all           stop warm containers
+      --stop KEY|all|orphaned  stop warm containers (orphaned: those whose temp root
+                               was deleted, which --doctor reports)
       --prune                  stop warm containers idle past their TTL
       --gc                     remove cached images nothing refers to
       --install [DIR]          install as a Lectic plugin (default:

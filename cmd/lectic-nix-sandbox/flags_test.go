@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 )
@@ -59,6 +60,10 @@ func TestParseArgs(t *testing.T) {
 				o.command = []string{"sleep", "9"}
 				o.optWords = 2
 			}},
+		{name: "max warm", args: []string{"--max-warm", "3", "true"},
+			want: func(o *options) { o.maxWarm = 3; o.command = []string{"true"}; o.optWords = 2 }},
+		{name: "max warm upper bound", args: []string{"--max-warm=1000", "true"},
+			want: func(o *options) { o.maxWarm = 1000; o.command = []string{"true"}; o.optWords = 1 }},
 		{name: "unknown option", args: []string{"--frobnicate", "ls"}, wantErr: "unknown option --frobnicate (see --help)"},
 		{name: "missing value", args: []string{"--image"}, wantErr: "--image needs a value (see --help)"},
 		{name: "bad ttl", args: []string{"--warm-ttl-seconds", "-3", "true"}, wantErr: `--warm-ttl-seconds "-3": want a whole number of seconds from 0 to 31536000 (see --help)`},
@@ -135,5 +140,17 @@ func TestParseNetFlags(t *testing.T) {
 				t.Fatalf("policy = %v, want %s", o.net, tt.policy)
 			}
 		})
+	}
+}
+
+// --max-warm takes nothing but a plain whole number in range, in one line.
+func TestMaxWarmValidation(t *testing.T) {
+	for _, v := range []string{"0", "-1", "+3", " 3", "3 ", "1e3", "0x10", "3.0", "1001", "99999999999999999999", "", "many", "０"} {
+		_, err := parseArgs([]string{"--max-warm", v, "true"})
+		var ue *usageError
+		want := `--max-warm "` + v + `": want a whole number of idle containers from 1 to 1000; --no-keep-warm keeps none`
+		if err == nil || !errors.As(err, &ue) || !strings.HasPrefix(err.Error(), want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("--max-warm %q: error %v, want one line starting %q", v, err, want)
+		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -137,7 +138,7 @@ func install(dir string, r roots, stdout io.Writer) error {
 
 func doctor(ctx context.Context, r roots, stdout io.Writer) error {
 	checks := namespace.Doctor(ctx, r.temp, r.cache)
-	checks = append(checks, imageCheck(r))
+	checks = append(checks, imageCheck(r), orphanCheck())
 	failed := false
 	for _, c := range checks {
 		mark := "ok  "
@@ -208,5 +209,29 @@ func imageCheck(r roots) namespace.Check {
 		c.OK = true
 		c.Detail = "the default flake " + src.Ref + " since " + last.Since.Local().Format(time.RFC3339)
 	}
+	return c
+}
+
+// orphanCheck finds this user's warm containers whose temp root was
+// deleted under them: nothing can reach them, and they end only by their
+// TTL.
+func orphanCheck() namespace.Check {
+	c := namespace.Check{Name: "orphaned containers"}
+	orphans, err := warm.Orphans()
+	if err != nil {
+		c.Detail = err.Error()
+		return c
+	}
+	if len(orphans) == 0 {
+		c.OK, c.Detail = true, "none (warm containers whose temp root was deleted)"
+		return c
+	}
+	var list []string
+	for _, o := range orphans {
+		list = append(list, fmt.Sprintf("%s (supervisor pid %d, was %s)", o.Key, o.SupervisorPid, o.Dir))
+	}
+	c.Detail = fmt.Sprintf("%d warm container(s) whose temp root was deleted, unreachable until their TTL ends them: %s",
+		len(orphans), strings.Join(list, ", "))
+	c.Fix = "lectic-nix-sandbox --stop orphaned (or --stop KEY for one)"
 	return c
 }
