@@ -49,6 +49,11 @@ func TestEmbeddedFilesMatchTheRepository(t *testing.T) {
 	}
 }
 
+// activeSandboxLine is the plugin's sandbox line. The single quotes inside
+// YAML's double quotes keep the binary's path one word when Lectic splits
+// the line after resolving local:, even when the plugin's path has a space.
+const activeSandboxLine = `sandbox: "'local:./lectic-nix-sandbox'"`
+
 func TestLecticYAML(t *testing.T) {
 	b, err := fs.ReadFile(Assets(), "lectic.yaml")
 	if err != nil {
@@ -57,19 +62,31 @@ func TestLecticYAML(t *testing.T) {
 	lines := strings.Split(string(b), "\n")
 	active := 0
 	examples := map[string]bool{"--persist": false, "--volume": false, "--warm-ttl-seconds": false, "--nix-packages-file": false,
-		"--allow-domain": false, "--add-host": false, "--allow-net": false}
+		"--allow-domain": false, "--add-host": false, "--allow-net": false,
+		"--timeout": false, "--max-warm": false, "--env": false, "--no-keep-warm": false}
+	toolsBind := false
+	const example = `# sandbox: "'local:./lectic-nix-sandbox' `
 	for i, l := range lines {
 		if strings.HasSuffix(strings.TrimSpace(l), `\`) {
 			t.Fatalf("line %d ends in a backslash; Lectic would keep it as an argument: %q", i+1, l)
 		}
-		if l == "sandbox: local:./lectic-nix-sandbox" {
+		if l == activeSandboxLine {
 			active++
 		}
-		if rest, ok := strings.CutPrefix(l, "# sandbox: local:./lectic-nix-sandbox "); ok {
+		if strings.HasPrefix(l, "# sandbox:") && !strings.HasPrefix(l, example) {
+			t.Fatalf("line %d: an example must quote the local: path as the active line does: %q", i+1, l)
+		}
+		if rest, ok := strings.CutPrefix(l, example); ok {
+			if !strings.HasSuffix(rest, `"`) || strings.Count(rest, `"`) != 1 || strings.Contains(rest, "'") {
+				t.Fatalf("line %d: an example must be one double-quoted YAML string: %q", i+1, l)
+			}
 			for flag := range examples {
-				if rest == flag || strings.HasPrefix(rest, flag+" ") || strings.HasPrefix(rest, flag+"=") {
+				if rest == flag+`"` || strings.HasPrefix(rest, flag+" ") || strings.HasPrefix(rest, flag+"=") {
 					examples[flag] = true
 				}
+			}
+			if strings.Contains(rest, "--volume $LECTIC_CONFIG/tools:$LECTIC_CONFIG/tools:ro") {
+				toolsBind = true
 			}
 		}
 		if !strings.HasPrefix(l, "#") && l != "" && !strings.HasPrefix(l, "sandbox:") {
@@ -77,12 +94,15 @@ func TestLecticYAML(t *testing.T) {
 		}
 	}
 	if active != 1 {
-		t.Fatalf("want exactly one active `sandbox: local:./lectic-nix-sandbox` line, found %d", active)
+		t.Fatalf("want exactly one active %s line, found %d", activeSandboxLine, active)
 	}
 	for flag, seen := range examples {
 		if !seen {
 			t.Fatalf("no one-line commented example for %s", flag)
 		}
+	}
+	if !toolsBind {
+		t.Fatal("no example binds a config-dir tools folder read-only")
 	}
 }
 

@@ -271,7 +271,7 @@ static const char *describe(struct call *c)
 static const char *const config_env[] = {
 	"HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "LECTIC_CACHE", "LECTIC_DATA",
 	"LECTIC_TEMP", "TMPDIR", "USER", "LECTIC_NIX_SANDBOX_FLAKE", "PATH",
-	"LECTIC_NIX_SANDBOX_PASS_ENV",
+	"LECTIC_NIX_SANDBOX_PASS_ENV", "LECTIC_CONFIG", "XDG_CONFIG_HOME",
 };
 
 static void material_prefix(struct call *c, struct sha256 *h)

@@ -143,7 +143,7 @@ type process struct {
 var configEnv = []string{
 	"HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "LECTIC_CACHE", "LECTIC_DATA",
 	"LECTIC_TEMP", "TMPDIR", "USER", "LECTIC_NIX_SANDBOX_FLAKE", "PATH",
-	"LECTIC_NIX_SANDBOX_PASS_ENV",
+	"LECTIC_NIX_SANDBOX_PASS_ENV", "LECTIC_CONFIG", "XDG_CONFIG_HOME",
 }
 
 func currentProcess() (process, error) {

@@ -133,7 +133,7 @@ func TestInstall(t *testing.T) {
 			}
 		}
 		yaml, _ := os.ReadFile(filepath.Join(dir, "lectic.yaml"))
-		if !strings.Contains(string(yaml), "\nsandbox: local:./lectic-nix-sandbox") {
+		if !strings.Contains(string(yaml), "\nsandbox: \"'local:./lectic-nix-sandbox'\"") {
 			t.Fatalf("installed lectic.yaml has no sandbox line:\n%s", yaml)
 		}
 		again := u.run(context.Background(), t, runOpts{}, "--install")

@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -44,7 +45,11 @@ type file struct {
 // fsync, rename), so a warm container or a Lectic run using the old files
 // is never disturbed; files that are already identical are left alone, so
 // a second install changes nothing. Progress goes to out.
-func Install(dir, exe string, out io.Writer) error {
+//
+// searched are the directories Lectic searches for plugins by name
+// ($LECTIC_CONFIG and $LECTIC_DATA); the closing advice depends on whether
+// dir lies in one of them.
+func Install(dir, exe string, searched []string, out io.Writer) error {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return fmt.Errorf("install: plugin directory %s: %w", dir, err)
@@ -76,20 +81,70 @@ func Install(dir, exe string, out io.Writer) error {
 	} else {
 		fmt.Fprintf(out, "the nix-sandbox plugin in %s is up to date; nothing changed\n", abs)
 	}
-	printUsage(out, abs)
+	printUsage(out, abs, searched)
 	return nil
 }
 
-func printUsage(out io.Writer, dir string) {
-	fmt.Fprintln(out, "use it from a lectic.yaml or a .lec header:")
-	if filepath.Base(dir) == pluginName {
-		// Lectic's plugin imports find a directory by this name under its
-		// runtime, config and data directories.
-		fmt.Fprintf(out, "  imports:\n    - plugin: %s\n(or, with a Lectic without plugin imports:)\n", pluginName)
+// printUsage says how to import the plugin from where it was installed.
+// Lectic finds `- plugin: NAME` only under $LECTIC_RUNTIME, $LECTIC_CONFIG
+// and $LECTIC_DATA (any depth, a directory named NAME holding a
+// lectic.yaml); searched lists the latter two. Outside them, a path import
+// works, and so does naming the parent directory in LECTIC_RUNTIME.
+func printUsage(out io.Writer, dir string, searched []string) {
+	name := filepath.Base(dir)
+	if under(dir, searched) {
+		fmt.Fprintln(out, "use it from a lectic.yaml or a .lec header:")
+		fmt.Fprintf(out, "  imports:\n    - plugin: %s\n(or, with a Lectic without plugin imports:)\n  imports:\n    - %s\n", name, yamlString(dir))
+		fmt.Fprintf(out, "check this machine with: lectic %s --doctor  (or %s --doctor)\n", pluginName, filepath.Join(dir, BinaryName))
+		return
 	}
-	fmt.Fprintf(out, "  imports:\n    - %s\n", dir)
-	fmt.Fprintf(out, "check this machine with: lectic nix-sandbox --doctor  (or %s --doctor)\n", filepath.Join(dir, BinaryName))
-	fmt.Fprintln(out, "(lectic finds the nix-sandbox subcommand when this directory is under $LECTIC_DATA or $LECTIC_CONFIG)")
+	parent := filepath.Dir(dir)
+	where := "$LECTIC_CONFIG and $LECTIC_DATA"
+	if len(searched) > 0 {
+		where = strings.Join(searched, " and ")
+	}
+	fmt.Fprintln(out, "use it from a lectic.yaml or a .lec header by its path:")
+	fmt.Fprintf(out, "  imports:\n    - %s\n", yamlString(dir))
+	fmt.Fprintf(out, "or by name: Lectic finds plugins by name only under $LECTIC_RUNTIME and %s,\n", where)
+	fmt.Fprintf(out, "so set in the environment Lectic runs in (it also lets `lectic %s` find the binary)\n", pluginName)
+	fmt.Fprintf(out, "  export LECTIC_RUNTIME=%s\nand import\n  imports:\n    - plugin: %s\n", shellQuote(parent), name)
+	fmt.Fprintf(out, "check this machine with: %s --doctor\n", filepath.Join(dir, BinaryName))
+}
+
+// under reports whether dir lies inside one of roots, as Lectic sees it:
+// with symlinks followed.
+func under(dir string, roots []string) bool {
+	real := func(p string) string {
+		if r, err := filepath.EvalSymlinks(p); err == nil {
+			return r
+		}
+		return filepath.Clean(p)
+	}
+	d := real(dir)
+	for _, r := range roots {
+		if r == "" {
+			continue
+		}
+		if rel, err := filepath.Rel(real(r), d); err == nil && rel != "." && rel != ".." && !strings.HasPrefix(rel, "../") {
+			return true
+		}
+	}
+	return false
+}
+
+// yamlString writes s as a YAML double-quoted scalar (JSON's string form
+// is one), so spaces, colons and '#' in a path survive.
+func yamlString(s string) string {
+	b, _ := json.Marshal(s)
+	return string(b)
+}
+
+// shellQuote quotes s for a POSIX shell.
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-+@%=,") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // pluginFiles lists what an installed plugin holds: the binary first, then

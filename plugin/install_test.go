@@ -25,7 +25,8 @@ func fakeExe(t *testing.T, content string) string {
 func install(t *testing.T, dir, exe string) string {
 	t.Helper()
 	var out bytes.Buffer
-	if err := Install(dir, exe, &out); err != nil {
+	// dir is under a root Lectic searches for plugins by name.
+	if err := Install(dir, exe, []string{filepath.Dir(filepath.Dir(dir))}, &out); err != nil {
 		t.Fatalf("Install: %v\n%s", err, out.String())
 	}
 	return out.String()
@@ -106,7 +107,7 @@ func TestInstallWritesThePlugin(t *testing.T) {
 	if installed, _ := os.ReadFile(filepath.Join(dir, "flake.lock")); !bytes.Equal(installed, repoLock) {
 		t.Fatalf("installed flake.lock differs from the repository's")
 	}
-	for _, hint := range []string{"imports:\n    - plugin: nix-sandbox\n", "imports:\n    - " + dir, "lectic nix-sandbox --doctor"} {
+	for _, hint := range []string{"imports:\n    - plugin: nix-sandbox\n", "imports:\n    - \"" + dir + "\"", "lectic nix-sandbox --doctor"} {
 		if !strings.Contains(out, hint) {
 			t.Fatalf("output lacks %q:\n%s", hint, out)
 		}
@@ -259,12 +260,51 @@ func TestInstallErrors(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			var out bytes.Buffer
-			err := Install(c.dir, c.exe, &out)
+			err := Install(c.dir, c.exe, nil, &out)
 			if err == nil || !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("err = %v, want it to mention %q", err, c.want)
 			}
 			if strings.Contains(err.Error(), "\n") {
 				t.Fatalf("error is not one line: %q", err)
+			}
+		})
+	}
+}
+
+// The closing advice gives forms that find the plugin from where it was
+// installed: by name under a root Lectic searches, else by path or with
+// LECTIC_RUNTIME naming the parent directory.
+func TestInstallSaysHowToImport(t *testing.T) {
+	data := t.TempDir()
+	outside := filepath.Join(t.TempDir(), "my tools", "nix-sandbox")
+	cases := []struct {
+		name, dir string
+		want      []string
+		notWant   []string
+	}{
+		{name: "under LECTIC_DATA", dir: filepath.Join(data, "plugins", "nix-sandbox"),
+			want: []string{"    - plugin: nix-sandbox\n", "lectic nix-sandbox --doctor"}, notWant: []string{"LECTIC_RUNTIME="}},
+		{name: "outside", dir: outside,
+			want: []string{"by its path:\n  imports:\n    - \"" + outside + "\"\n",
+				"  export LECTIC_RUNTIME='" + filepath.Dir(outside) + "'\nand import\n  imports:\n    - plugin: nix-sandbox\n",
+				filepath.Join(outside, BinaryName) + " --doctor"},
+			notWant: []string{"lectic nix-sandbox --doctor"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var out bytes.Buffer
+			if err := Install(c.dir, fakeExe(t, "bin"), []string{filepath.Join(data, "config"), data}, &out); err != nil {
+				t.Fatal(err)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(out.String(), w) {
+					t.Errorf("output lacks %q:\n%s", w, out.String())
+				}
+			}
+			for _, w := range c.notWant {
+				if strings.Contains(out.String(), w) {
+					t.Errorf("output has %q:\n%s", w, out.String())
+				}
 			}
 		})
 	}

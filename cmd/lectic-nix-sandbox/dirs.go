@@ -12,9 +12,10 @@ import (
 // roots are the three directories the sandbox keeps state in. Packages get
 // them as arguments; only this file reads the environment for them.
 type roots struct {
-	cache string // $LECTIC_CACHE/nix-sandbox
-	temp  string // $LECTIC_TEMP/nix-sandbox
-	data  string // $LECTIC_DATA
+	cache  string // $LECTIC_CACHE/nix-sandbox
+	temp   string // $LECTIC_TEMP/nix-sandbox
+	data   string // $LECTIC_DATA
+	config string // $LECTIC_CONFIG: only for telling where Lectic finds plugins
 }
 
 // resolveRoots follows Lectic's own conventions, so the sandbox's state sits
@@ -46,6 +47,14 @@ func resolveRoots(getenv func(string) string) (roots, error) {
 		}
 		data = filepath.Join(base, "lectic")
 	}
+	config := getenv("LECTIC_CONFIG")
+	if config == "" {
+		base, err := xdg("XDG_CONFIG_HOME", ".config")
+		if err != nil {
+			return roots{}, err
+		}
+		config = filepath.Join(base, "lectic")
+	}
 	temp := getenv("LECTIC_TEMP")
 	if temp == "" {
 		tmp := getenv("TMPDIR")
@@ -54,8 +63,8 @@ func resolveRoots(getenv func(string) string) (roots, error) {
 		}
 		temp = filepath.Join(tmp, "lectic")
 	}
-	r := roots{cache: filepath.Join(cache, "nix-sandbox"), temp: filepath.Join(temp, "nix-sandbox"), data: data}
-	for _, p := range []*string{&r.cache, &r.temp, &r.data} {
+	r := roots{cache: filepath.Join(cache, "nix-sandbox"), temp: filepath.Join(temp, "nix-sandbox"), data: data, config: config}
+	for _, p := range []*string{&r.cache, &r.temp, &r.data, &r.config} {
 		abs, err := filepath.Abs(*p)
 		if err != nil {
 			return roots{}, err

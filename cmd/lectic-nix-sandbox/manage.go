@@ -133,7 +133,7 @@ func install(dir string, r roots, stdout io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("install: find this program: %w", err)
 	}
-	return plugin.Install(dir, exe, stdout)
+	return plugin.Install(dir, exe, []string{r.config, r.data}, stdout)
 }
 
 func doctor(ctx context.Context, r roots, stdout io.Writer) error {
