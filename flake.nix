@@ -27,7 +27,7 @@
       # NAR hash of `go mod vendor`. Print it with scripts/vendor-hash.sh,
       # update it with scripts/vendor-hash.sh --write; a test fails when it
       # is stale.
-      vendorHash = "sha256-0nEYD8w7Ou+Os1L6FrHcnycG3cPx3XBK3/QQXoV7q0I=";
+      vendorHash = "sha256-tECJv7nY5PYNjc9Wxy2LmZ5nGLJOFJLBcayK188bdy8=";
 
       # What every image contains.
       basePackages = pkgs: with pkgs; [
