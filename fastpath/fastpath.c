@@ -1075,11 +1075,16 @@ static long long now_ns(void)
 	return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-/* follow forwards signals and the timeout until the exit message. */
+/*
+ * follow forwards signals and the timeout until the exit message, as
+ * warm's follow does: the timeout is sent as SIGTERM (the agent follows
+ * ending signals with SIGKILL after the grace period), and the call exits
+ * 124 after a timeout or 128+N after the first forwarded signal N.
+ */
 static void follow(int fd, int sfd, long long timeout_ns)
 {
 	long long deadline = timeout_ns > 0 ? now_ns() + timeout_ns : 0;
-	int timed_out = 0;
+	int timed_out = 0, ended = 0;
 	struct reply r;
 
 	for (;;) {
@@ -1089,7 +1094,9 @@ static void follow(int fd, int sfd, long long timeout_ns)
 			long long left = deadline - now_ns();
 			if (left <= 0) {
 				timed_out = 1;
-				send_signal(fd, SIGKILL);
+				send_signal(fd, SIGTERM);
+				if (!ended)
+					ended = EXIT_TIMEOUT;
 				continue;
 			}
 			/* poll takes an int of ms: a long timeout is waited
@@ -1106,8 +1113,11 @@ static void follow(int fd, int sfd, long long timeout_ns)
 			continue;
 		if (pf[1].revents & POLLIN) {
 			struct signalfd_siginfo si;
-			if (read(sfd, &si, sizeof si) == sizeof si)
+			if (read(sfd, &si, sizeof si) == sizeof si) {
 				send_signal(fd, si.ssi_signo);
+				if (!ended)
+					ended = 128 + (int)si.ssi_signo;
+			}
 		}
 		if (pf[0].revents & (POLLIN | POLLHUP | POLLERR)) {
 			got = recv_reply(fd, &r);
@@ -1117,8 +1127,8 @@ static void follow(int fd, int sfd, long long timeout_ns)
 				agent_died(strerror(errno));
 			if (strcmp(r.type, "exit"))
 				continue;
-			if (timed_out)
-				_exit(EXIT_TIMEOUT);
+			if (ended)
+				_exit(ended);
 			if (r.signal > 0)
 				_exit(128 + (int)r.signal);
 			_exit((int)r.code & 0xff);

@@ -254,6 +254,7 @@ func proxyEnv(t *testing.T) []string {
 
 func TestFastPath(t *testing.T) {
 	started := make(chan struct{})
+	trapStarted := make(chan struct{})
 	cases := []fastCase{
 		{name: "exit code", opts: []string{"--image", "/img.tar"}, argv: []string{"true"}, reply: exitWith(3, 0), wantCode: 3},
 		{name: "killed by a signal", opts: []string{"--image", "/img.tar"}, argv: []string{"sleep", "1"}, reply: exitWith(0, 9), wantCode: 137},
@@ -311,10 +312,10 @@ func TestFastPath(t *testing.T) {
 		{name: "timeout", argv: []string{"sleep", "9"}, timeout: 100 * time.Millisecond, reply: func(t *testing.T, fd int, _ map[string]any) {
 			send(t, fd, `{"type":"started","pid":1}`)
 			m, _, err := recvJSON(fd)
-			if err != nil || m["type"] != "signal" || m["signal"] != float64(9) {
-				t.Errorf("after the timeout the agent got %v, %v; want a SIGKILL signal message", m, err)
+			if err != nil || m["type"] != "signal" || m["signal"] != float64(15) {
+				t.Errorf("after the timeout the agent got %v, %v; want a SIGTERM signal message (the agent escalates)", m, err)
 			}
-			send(t, fd, `{"type":"exit","signal":9}`)
+			send(t, fd, `{"type":"exit","signal":15}`)
 		}, wantCode: 124},
 		{name: "signal forwarded", argv: []string{"sleep", "9"}, reply: func(t *testing.T, fd int, _ map[string]any) {
 			send(t, fd, `{"type":"started","pid":1}`)
@@ -333,6 +334,20 @@ func TestFastPath(t *testing.T) {
 			}
 			p.Signal(syscall.SIGTERM)
 		}, wantCode: 143},
+		{name: "signal trapped by the command", argv: []string{"sh"}, reply: func(t *testing.T, fd int, _ map[string]any) {
+			send(t, fd, `{"type":"started","pid":1}`)
+			close(trapStarted)
+			if m, _, err := recvJSON(fd); err != nil || m["signal"] != float64(2) {
+				t.Errorf("the agent got %v, %v; want a SIGINT signal message", m, err)
+			}
+			send(t, fd, `{"type":"exit","code":0}`)
+		}, during: func(p *os.Process) {
+			select {
+			case <-trapStarted:
+			case <-time.After(10 * time.Second):
+			}
+			p.Signal(syscall.SIGINT)
+		}, wantCode: 130}, // as warm.Run: the call ends as the signal says
 		{name: "agent of another build falls back", argv: []string{"x"}, reply: func(t *testing.T, fd int, _ map[string]any) {
 			send(t, fd, `{"type":"error","code":125,"reason":"mismatch","message":"other build"}`)
 		}, wantCode: exitFellBack},

@@ -26,6 +26,7 @@ import (
 type world struct {
 	root   string
 	bin    string
+	probe  string            // integration/probe, static; also in the busybox image
 	images map[string]string // fixture name -> path
 	users  []*testUser
 	skip   string // why the sandbox tests cannot run on this machine
@@ -90,6 +91,17 @@ func (w *world) build() error {
 	cmd.Dir = repoRoot()
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("build binary: %v\n%s", err, out)
+	}
+	w.probe = filepath.Join(w.root, "bin", "probe")
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	cmd = exec.Command(goBin, "build", "-o", w.probe, "./integration/probe")
+	cmd.Dir = repoRoot()
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("build the probe: %v\n%s", err, out)
 	}
 	return os.Chmod(filepath.Dir(w.bin), 0o755)
 }

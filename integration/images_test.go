@@ -10,7 +10,7 @@ import (
 
 // makeImages writes the fixture images the tests run on: busybox, two
 // layers (the second adds a command named init, which must stay a command,
-// and whites out a file of the first), as a docker archive.
+// the probe, and whites out a file of the first), as a docker archive.
 func (w *world) makeImages() error {
 	bb, err := busyboxPath()
 	if err != nil {
@@ -21,10 +21,15 @@ func (w *world) makeImages() error {
 		return err
 	}
 	base.Entries = append(base.Entries, fixture.File("etc/removed-by-upper", []byte("x"), 0o644))
+	probe, err := os.ReadFile(w.probe)
+	if err != nil {
+		return err
+	}
 	top := fixture.Layer{Entries: []fixture.Entry{
 		fixture.Dir("usr/local/", 0o755),
 		fixture.Dir("usr/local/bin/", 0o755),
 		fixture.File("usr/local/bin/init", []byte("#!/bin/sh\necho init ran \"$@\"\n"), 0o755),
+		fixture.File("usr/local/bin/probe", probe, 0o755),
 		fixture.Whiteout("etc/removed-by-upper"),
 	}}
 	cfg := fixture.DefaultConfig()

@@ -151,7 +151,10 @@ func libcontainerConfig(id string, spec *specs.Spec) (*configs.Config, error) {
 		Spec:            spec,
 		RootlessEUID:    os.Geteuid() != 0,
 		RootlessCgroups: true,
-		NoNewKeyring:    true,
+		// Every container joins a session keyring of its own (named after
+		// its id, which is unique): the caller's session keyring, which
+		// the supervisor inherits, is never reachable from inside.
+		NoNewKeyring: false,
 	})
 	if err != nil {
 		return nil, err

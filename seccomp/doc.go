@@ -24,7 +24,9 @@
 //     AF_NETLINK (Docker allows a dozen families, Flatpak five);
 //   - ioctl TIOCSTI and TIOCLINUX are refused (as Flatpak does), comparing
 //     only the 32 bits the kernel reads;
-//   - unshare is allowed without namespace flags (CLONE_FILES, CLONE_FS).
+//   - unshare is allowed without namespace flags (CLONE_FILES, CLONE_FS),
+//     and get_mempolicy, which only reads the caller's NUMA policy (ps
+//     and top ask for it).
 //
 // clone3 gets ENOSYS so that libc falls back to clone, whose flags a filter
 // can read (as Docker and Flatpak do). Calls newer than the table get

@@ -84,6 +84,9 @@ func sandboxRules() []*moby.Syscall {
 			Args: []specs.LinuxSeccompArg{{Index: 0, Value: 0xffffffff, ValueTwo: af, Op: specs.OpMaskedEqual}},
 		}})
 	}
+	// get_mempolicy only reads the caller's own NUMA policy; ps and top
+	// ask for it on every run (Docker refuses it without CAP_SYS_NICE).
+	rules = append(rules, &moby.Syscall{LinuxSyscall: specs.LinuxSyscall{Names: []string{"get_mempolicy"}, Action: specs.ActAllow}})
 	rules = append(rules, &moby.Syscall{LinuxSyscall: specs.LinuxSyscall{
 		Names: []string{"unshare"}, Action: specs.ActAllow,
 		Args: []specs.LinuxSeccompArg{{Index: 0, Value: unshareNamespaces, ValueTwo: 0, Op: specs.OpMaskedEqual}},

@@ -25,11 +25,9 @@ const (
 // listenFD is where the agent finds its listening socket.
 const listenFD = 3
 
-// IsAgent reports whether this process was started as an agent (or as the
-// agent's capability-dropping trampoline).
-func IsAgent() bool {
-	return os.Getenv(envAgent) != "" || os.Getenv(envDropCaps) != ""
-}
+// IsAgent reports whether this process was started as an agent or an
+// identity helper.
+func IsAgent() bool { return os.Getenv(envAgent) != "" }
 
 // agentGCPercent is the GOGC of agents and identity helpers.
 const agentGCPercent = 20
@@ -38,8 +36,15 @@ const agentGCPercent = 20
 // expires, a stop message arrives, or (one-shot) the first request is done.
 // It returns the process exit status.
 func RunAgent() int {
-	if os.Getenv(envDropCaps) != "" {
-		return runDropCaps()
+	// Commands run as the same uid, and in root mode with the same
+	// capabilities; none of them may ptrace the agent or reach its
+	// descriptors through /proc or pidfd_getfd. A non-dumpable process's
+	// /proc files belong to root of its user namespace: the agent, in a
+	// container, so it can still write the id maps of the helpers it
+	// starts. An agent that is not uid 0 (a test's, on the host) would
+	// lose that, and stays dumpable.
+	if os.Getuid() == 0 {
+		_ = unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0)
 	}
 	// Agents and helpers live for hours and are idle between small
 	// requests: a low heap target keeps their RSS near its idle size at a
@@ -81,9 +86,17 @@ type agent struct {
 	helpersMu sync.Mutex
 	helpers   map[helperKey]*helper
 
-	noticeMu  sync.Mutex
-	reported  map[string]bool // withheld names this container has reported
-	isHelper  bool
+	noticeMu sync.Mutex
+	reported map[string]bool // withheld names this container has reported
+	isHelper bool
+
+	// conf is what commands run under; filtered says this process itself
+	// is under conf.filter (an identity helper), so its children inherit
+	// it, and refusals maps their process groups to the calls they belong
+	// to.
+	conf      confinement
+	filtered  bool
+	refusals  callTable
 	onStart   func(id int64, pid int) // a helper tells its agent which group to kill if it dies
 	agentGone func() bool             // a helper's check that its agent still lives
 }
@@ -97,6 +110,10 @@ func newAgentFromEnv() (*agent, error) {
 		return nil, fmt.Errorf("no listening socket at fd %d: %w", listenFD, err)
 	}
 	closeOnExecAll()
+	conf, err := confinementFromEnv()
+	if err != nil {
+		return nil, err
+	}
 	// When not PID 1 (tests, diagnosis), orphans of commands must still be
 	// reaped here rather than by whatever init the host has.
 	if os.Getpid() != 1 {
@@ -104,15 +121,20 @@ func newAgentFromEnv() (*agent, error) {
 	}
 	a := newAgent(os.Getenv(envBuild), time.Duration(ttl)*time.Second, os.Getenv(envOneShot) != "")
 	a.lfd = listenFD
-	if os.Getenv(envReports) != "" {
-		if _, err := unix.FcntlInt(uintptr(reportsFD), unix.F_GETFD, 0); err != nil {
-			return nil, fmt.Errorf("no report channel at fd %d: %w", reportsFD, err)
+	if v := os.Getenv(envReports); v != "" {
+		fd, err := strconv.Atoi(v)
+		if err != nil || fd < 3 {
+			return nil, fmt.Errorf("bad %s=%q", envReports, v)
 		}
-		if a.calls, err = newCallLog(os.NewFile(reportsFD, "reports")); err != nil {
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
+			return nil, fmt.Errorf("no report channel at fd %d: %w", fd, err)
+		}
+		if a.calls, err = newCallLog(os.NewFile(uintptr(fd), "reports")); err != nil {
 			return nil, err
 		}
 		go a.calls.serveReports()
 	}
+	a.conf = conf
 	return a, nil
 }
 
@@ -347,7 +369,12 @@ func (a *agent) handleRun(c conn, m *message, fds []int) {
 		a.end()
 		return
 	}
-	p, cerr := a.start(c, m, fds)
+	var rep *callReport
+	if a.conf.filter != nil {
+		rep = newCallReport(fds[2])
+		defer rep.close()
+	}
+	p, cerr := a.start(c, m, fds, rep)
 	closeAll(fds) // the command has its own copies
 	if cerr == errClientGone {
 		a.end()
@@ -364,6 +391,10 @@ func (a *agent) handleRun(c conn, m *message, fds []int) {
 	}
 	rec.setPid(p.pid)
 	m.dropBody()
+	if a.filtered {
+		a.refusals.add(p.pid, rep)
+		defer a.refusals.remove(p.pid)
+	}
 	if a.onStart != nil {
 		a.onStart(m.ID, p.pid)
 	}
@@ -371,7 +402,7 @@ func (a *agent) handleRun(c conn, m *message, fds []int) {
 		p.kill(unix.SIGKILL)
 	}
 	relayDone := make(chan struct{})
-	go a.relay(c, p, relayDone)
+	go a.relay(c, p, killAfter(m), relayDone)
 	st := <-p.exited
 	a.end()
 	// A command killed because the container is going down must not look
@@ -402,9 +433,11 @@ func (a *agent) checkRun(c conn, m *message, fds []int) bool {
 }
 
 // relay forwards signal messages to the command's process group, and kills
-// the group when the client goes away before the command ends.
-func (a *agent) relay(c conn, p *proc, done chan<- struct{}) {
+// the group when the client goes away before the command ends. An ending
+// signal (SIGTERM, SIGINT, SIGHUP) is followed by SIGKILL after grace.
+func (a *agent) relay(c conn, p *proc, grace time.Duration, done chan<- struct{}) {
 	defer close(done)
+	ending := false
 	for {
 		m, fds, err := c.recv()
 		closeAll(fds)
@@ -412,8 +445,13 @@ func (a *agent) relay(c conn, p *proc, done chan<- struct{}) {
 			p.kill(unix.SIGKILL)
 			return
 		}
-		if m.Type == msgSignal && m.Signal > 0 && m.Signal < 65 {
-			p.kill(unix.Signal(m.Signal))
+		if m.Type != msgSignal || m.Signal <= 0 || m.Signal >= 65 {
+			continue
+		}
+		sig := unix.Signal(m.Signal)
+		if p.kill(sig) && isEnding(sig) && !ending {
+			ending = true
+			go endGroup(p, grace)
 		}
 	}
 }
@@ -440,8 +478,22 @@ func tell(c conn, n *message) bool {
 	return err == nil && m.Type == msgNoticed && c.setTimeout(0) == nil
 }
 
-// start resolves and starts the command of a run request.
-func (a *agent) start(c conn, m *message, fds []int) (*proc, *cmdError) {
+func isEnding(sig unix.Signal) bool {
+	return sig == unix.SIGTERM || sig == unix.SIGINT || sig == unix.SIGHUP
+}
+
+// killAfter is a run request's grace period after an ending signal.
+func killAfter(m *message) time.Duration {
+	if m.KillAfterMs == nil {
+		return DefaultKillAfter
+	}
+	return time.Duration(*m.KillAfterMs) * time.Millisecond
+}
+
+// start resolves and starts the command of a run request, under the
+// agent's confinement: inherited from a filtered helper, or installed by
+// the exec trampoline, whose filter's refusals are reported to rep.
+func (a *agent) start(c conn, m *message, fds []int, rep *callReport) (*proc, *cmdError) {
 	if err := m.loadBody(fds); err != nil {
 		return nil, &cmdError{125, err.Error()}
 	}
@@ -459,9 +511,24 @@ func (a *agent) start(c conn, m *message, fds []int) (*proc, *cmdError) {
 	}
 	spec.files = [3]int{fds[0], fds[1], fds[2]}
 	spec.stack = m.StackLimit
-	p, err := a.reaper.spawn(spec)
+	files := []uintptr{uintptr(fds[0]), uintptr(fds[1]), uintptr(fds[2])}
+	report := -1
+	if a.conf.needsTrampoline(spec, a.filtered) {
+		var err error
+		if files, report, err = a.conf.trampoline(spec, !a.filtered); err != nil {
+			return nil, &cmdError{125, "start " + m.Argv[0] + ": " + err.Error()}
+		}
+	}
+	p, err := a.reaper.spawn(spec, files)
+	closeAll(spec.closeAfter)
 	if err != nil {
+		if report >= 0 {
+			_ = unix.Close(report)
+		}
 		return nil, execError(m.Argv[0], err)
+	}
+	if report >= 0 {
+		go a.conf.receiveListener(report, rep)
 	}
 	return p, nil
 }

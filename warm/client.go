@@ -40,10 +40,23 @@ type Request struct {
 	// Stdin, Stdout and Stderr are passed to the command as they are (no
 	// copying). nil means this process's own.
 	Stdin, Stdout, Stderr *os.File
-	// Timeout > 0 kills the command's process group when it expires; Run
-	// then returns 124.
+	// Timeout > 0 ends the command when it expires as SIGTERM would (see
+	// KillAfter); Run then returns 124.
 	Timeout time.Duration
+	// KillAfter is how long the command's process group has, after the
+	// client forwards SIGTERM, SIGINT or SIGHUP or the timeout expires,
+	// before whatever is left of it gets SIGKILL. 0 means
+	// DefaultKillAfter; a negative value means at once.
+	KillAfter time.Duration
 }
+
+// DefaultKillAfter is the grace period of Request.KillAfter.
+const DefaultKillAfter = 2 * time.Second
+
+// endingSignals are the signals that end a call: the client forwards them,
+// the agent follows them with SIGKILL after the grace period, and the
+// client exits 128+N.
+var endingSignals = []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP}
 
 // Spec describes the warm container a request runs in.
 type Spec struct {
@@ -85,6 +98,8 @@ type Spec struct {
 	// Hostname, ...); warm fills ID, StateDir, the overlay dirs, Volatile,
 	// EtcFiles, InitArgs, InitEnv, ExtraFiles, Stdio and Config.HostUID/GID.
 	Create namespace.CreateOptions
+	// Seccomp is the filter every command runs under.
+	Seccomp SeccompPolicy
 	// Plain runs the agent as an ordinary process without any namespace.
 	// It isolates nothing: it exists for tests and diagnosis.
 	Plain bool
@@ -237,7 +252,7 @@ func call(c conn, r Request, m *message, bodyFD int) (int, error) {
 	// Signals are caught before the command starts, so one that arrives
 	// while it starts is forwarded rather than ending the client.
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	signal.Notify(sigs, endingSignals...)
 	defer signal.Stop(sigs)
 	pass := fds[:]
 	if bodyFD >= 0 {
@@ -305,8 +320,13 @@ func call(c conn, r Request, m *message, bodyFD int) (int, error) {
 // r.User is already resolved.
 func runMessage(s Spec, r Request) *message {
 	ttl := int64(s.TTL / time.Second)
-	return &message{Type: msgRun, Proto: Proto, Build: s.BuildID, Argv: r.Argv, Env: r.Env, Withheld: r.Withheld,
+	m := &message{Type: msgRun, Proto: Proto, Build: s.BuildID, Argv: r.Argv, Env: r.Env, Withheld: r.Withheld,
 		Cwd: r.Cwd, User: &r.User, TTLSeconds: &ttl, StackLimit: stackLimit()}
+	if r.KillAfter != 0 {
+		ms := max(int64(r.KillAfter/time.Millisecond), 0)
+		m.KillAfterMs = &ms
+	}
+	return m
 }
 
 // stackLimit is this process's soft RLIMIT_STACK, which its command gets
@@ -352,7 +372,10 @@ func FastRequest(tempRoot string, s Spec, r Request) (sock string, msg []byte, e
 }
 
 // follow forwards signals and the timeout to the running command and waits
-// for its exit status.
+// for its exit status. The agent ends what an ending signal leaves alive
+// (see Request.KillAfter); the call then exits 128+N for the first ending
+// signal, or 124 when the timeout came first, whatever the command did
+// with the signal.
 func follow(c conn, sigs <-chan os.Signal, timeout time.Duration) (int, error) {
 	var expired <-chan time.Time
 	if timeout > 0 {
@@ -362,16 +385,23 @@ func follow(c conn, sigs <-chan os.Signal, timeout time.Duration) (int, error) {
 	}
 	exits := make(chan exitResult, 1)
 	go readExit(c, exits)
-	timedOut := false
+	ended := 0 // exit code decided by an ending signal or the timeout
 	for {
 		select {
 		case sig := <-sigs:
-			_ = c.send(&message{Type: msgSignal, Signal: int(sig.(syscall.Signal))})
+			n := int(sig.(syscall.Signal))
+			_ = c.send(&message{Type: msgSignal, Signal: n})
+			if ended == 0 {
+				ended = 128 + n
+			}
 		case <-expired:
-			timedOut = true
-			_ = c.send(&message{Type: msgSignal, Signal: int(syscall.SIGKILL)})
+			expired = nil
+			_ = c.send(&message{Type: msgSignal, Signal: int(syscall.SIGTERM)})
+			if ended == 0 {
+				ended = exitTimeout
+			}
 		case res := <-exits:
-			return res.code(timedOut)
+			return res.code(ended)
 		}
 	}
 }
@@ -389,12 +419,12 @@ func agentDied(err error) error {
 	return fmt.Errorf("sandbox agent died during the call (%v); run again, the next call starts a fresh container", err)
 }
 
-func (e exitResult) code(timedOut bool) (int, error) {
+func (e exitResult) code(ended int) (int, error) {
 	if e.err != nil {
 		return exitSandbox, agentDied(e.err)
 	}
-	if timedOut {
-		return exitTimeout, nil
+	if ended != 0 {
+		return ended, nil
 	}
 	if e.msg.Signal > 0 {
 		return 128 + e.msg.Signal, nil

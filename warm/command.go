@@ -27,6 +27,11 @@ type cmdSpec struct {
 	sys   *syscall.SysProcAttr
 	files [3]int
 	stack *uint64 // soft RLIMIT_STACK for the command; nil: the agent's
+	// dropCaps: the command is uid 0 of its own user namespace and must
+	// lose the capabilities that come with it (the exec trampoline does).
+	dropCaps bool
+	// closeAfter are fds of the child's the parent closes once it started.
+	closeAfter []int
 }
 
 // prepare validates a run request and turns it into a cmdSpec.
@@ -169,8 +174,8 @@ func execError(name string, err error) *cmdError {
 // which is the caller on the host). Files the caller owns then show as
 // owned by the target uid, files the command creates belong to the caller
 // on the host, and a non-zero uid loses every capability at exec. A target
-// uid of 0 would keep them, so that path goes through the capability
-// dropping trampoline. Supplementary groups are not supported: a nested
+// uid of 0 would keep them, so that path goes through the exec
+// trampoline, which drops them (package seccomp). Supplementary groups are not supported: a nested
 // namespace without a privileged helper must deny setgroups.
 func (s *cmdSpec) setIdentity(u UserSpec) *cmdError {
 	s.sys = &syscall.SysProcAttr{Setpgid: true}
@@ -182,10 +187,7 @@ func (s *cmdSpec) setIdentity(u UserSpec) *cmdError {
 	s.sys.UidMappings = []syscall.SysProcIDMap{{ContainerID: int(uid), HostID: os.Getuid(), Size: 1}}
 	s.sys.GidMappings = []syscall.SysProcIDMap{{ContainerID: int(gid), HostID: os.Getgid(), Size: 1}}
 	s.sys.Credential = &syscall.Credential{Uid: uid, Gid: gid, NoSetGroups: true}
-	if uid == 0 {
-		s.env = append(append([]string(nil), s.env...), envDropCaps+"="+s.path)
-		s.path = "/proc/self/exe"
-	}
+	s.dropCaps = uid == 0
 	return nil
 }
 

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -12,43 +11,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// envDropCaps marks the trampoline that drops every capability and then
-// executes the command named by the variable's value. Only commands that run
-// as uid 0 without the root mode pay for it.
-const envDropCaps = "_LECTIC_NIX_SANDBOX_DROPCAPS"
-
 // Securebits that keep uid 0 from regaining capabilities at exec, locked so
 // the command cannot undo them.
 const secureNoRoot = 1<<0 | 1<<1 | // SECBIT_NOROOT, _LOCKED
 	1<<2 | 1<<3 | // SECBIT_NO_SETUID_FIXUP, _LOCKED
 	1<<5 | // SECBIT_KEEP_CAPS_LOCKED
 	1<<6 | 1<<7 // SECBIT_NO_CAP_AMBIENT_RAISE, _LOCKED
-
-// runDropCaps clears every capability set, sets no_new_privs and executes
-// the command. Capabilities belong to a thread, so all of it happens on one
-// locked thread, the one that calls execve.
-func runDropCaps() int {
-	runtime.LockOSThread()
-	path := os.Getenv(envDropCaps)
-	env := withoutVar(os.Environ(), envDropCaps)
-	if err := dropAllCaps(); err != nil {
-		fmt.Fprintln(os.Stderr, "lectic-nix-sandbox: drop capabilities:", err)
-		return 125
-	}
-	err := unix.Exec(path, os.Args, env)
-	fmt.Fprintf(os.Stderr, "lectic-nix-sandbox: %s\n", execError(path, err).msg)
-	return execError(path, err).code
-}
-
-func withoutVar(env []string, name string) []string {
-	out := make([]string, 0, len(env))
-	for _, kv := range env {
-		if !strings.HasPrefix(kv, name+"=") {
-			out = append(out, kv)
-		}
-	}
-	return out
-}
 
 // dropAllCaps empties the bounding, ambient, inheritable, permitted and
 // effective sets of the calling thread and sets no_new_privs.

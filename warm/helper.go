@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/seccomp"
 )
 
 // envHelper marks an identity helper: an agent that lives in a nested user
@@ -25,8 +27,14 @@ import (
 // when no helper can be started.
 const envHelper = "_LECTIC_NIX_SANDBOX_HELPER"
 
-// helperDropCaps is envHelper's value for a uid 0 helper.
-const helperDropCaps = "dropcaps"
+// envHelper's values: a uid 0 helper in a nested namespace drops its
+// capabilities; the root helper shares the agent's identity and exists
+// only to run root-mode commands under the seccomp filter, which the agent
+// itself does not run under.
+const (
+	helperDropCaps = "dropcaps"
+	helperRoot     = "root"
+)
 
 // helperStartTimeout bounds the wait for a new helper's ready message.
 const helperStartTimeout = 5 * time.Second
@@ -34,7 +42,12 @@ const helperStartTimeout = 5 * time.Second
 // helperFD is where a helper finds its socketpair end.
 const helperFD = 3
 
-type helperKey struct{ uid, gid uint32 }
+// helperKey names a helper: an identity in a nested namespace, or root
+// for the agent's own identity.
+type helperKey struct {
+	uid, gid uint32
+	root     bool
+}
 
 // helper is the agent's side of one identity helper.
 type helper struct {
@@ -61,10 +74,13 @@ func (a *agent) helperFor(u *UserSpec) *helper {
 		return nil
 	}
 	uid, gid, nested, cerr := target(*u)
-	if cerr != nil || !nested {
+	if cerr != nil || (!nested && a.conf.filter == nil) {
 		return nil
 	}
-	key := helperKey{uid, gid}
+	key := helperKey{uid: uid, gid: gid}
+	if !nested {
+		key = helperKey{root: true}
+	}
 	a.helpersMu.Lock()
 	defer a.helpersMu.Unlock()
 	if h := a.helpers[key]; h != nil {
@@ -86,7 +102,9 @@ func (a *agent) helperFor(u *UserSpec) *helper {
 	return h
 }
 
-// startHelper starts a helper as key's uid/gid in a nested user namespace.
+// startHelper starts a helper as key's uid/gid in a nested user namespace,
+// or the root helper as the agent itself. It inherits the agent's
+// confinement, the filter at filterFD.
 func (a *agent) startHelper(key helperKey) (*helper, error) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -94,23 +112,33 @@ func (a *agent) startHelper(key helperKey) (*helper, error) {
 	}
 	defer unix.Close(fds[1])
 	mode := "1"
-	if key.uid == 0 {
+	switch {
+	case key.root:
+		mode = helperRoot
+	case key.uid == 0:
 		mode = helperDropCaps
 	}
 	spec := &cmdSpec{
 		path: "/proc/self/exe",
 		argv: []string{"lectic-nix-sandbox-helper"},
-		env:  []string{envAgent + "=1", envHelper + "=" + mode},
+		env:  append([]string{envAgent + "=1", envHelper + "=" + mode}, a.conf.env()...),
 		dir:  "/",
-		sys: &syscall.SysProcAttr{
+		sys:  &syscall.SysProcAttr{Setpgid: true},
+	}
+	if !key.root {
+		spec.sys = &syscall.SysProcAttr{
 			Setpgid:     true,
 			Cloneflags:  syscall.CLONE_NEWUSER,
 			UidMappings: []syscall.SysProcIDMap{{ContainerID: int(key.uid), HostID: os.Getuid(), Size: 1}},
 			GidMappings: []syscall.SysProcIDMap{{ContainerID: int(key.gid), HostID: os.Getgid(), Size: 1}},
 			Credential:  &syscall.Credential{Uid: key.uid, Gid: key.gid, NoSetGroups: true},
-		},
+		}
 	}
-	pid, err := a.reaper.spawnFiles(spec, []uintptr{0, 2, 2, uintptr(fds[1])})
+	files := []uintptr{0, 2, 2, uintptr(fds[1])}
+	if a.conf.filter != nil {
+		files = append(files, a.conf.filterFile.Fd())
+	}
+	pid, err := a.reaper.spawnFiles(spec, files)
 	if err != nil {
 		unix.Close(fds[0])
 		return nil, err
@@ -121,7 +149,12 @@ func (a *agent) startHelper(key helperKey) (*helper, error) {
 		_ = unix.Kill(pid, unix.SIGKILL)
 		return nil, err
 	}
-	ns, _ := usernsOf(pid)
+	var ns uint64
+	if !key.root {
+		// The root helper shares the agent's user namespace: killing
+		// that one would end the container.
+		ns, _ = usernsOf(pid)
+	}
 	return &helper{c: c, pid: pid, userns: ns, pending: make(map[int64]chan struct{}), groups: make(map[int64]int), onPid: make(map[int64]func(int))}, nil
 }
 
@@ -287,6 +320,10 @@ func runHelper() int {
 		}
 		a.reaper.runOn = run
 	}
+	if err := a.confineSelf(); err != nil {
+		_ = parent.send(&message{Type: msgError, Message: err.Error()})
+		return 125
+	}
 	if err := parent.send(&message{Type: msgStarted, Pid: os.Getpid()}); err != nil {
 		return 125
 	}
@@ -322,6 +359,33 @@ func runHelper() int {
 			sendMu.Unlock()
 		}()
 	}
+}
+
+// confineSelf puts the helper, every thread of it, under the agent's
+// filter, so that every command it forks inherits it, and answers the
+// refusals on the filter's listener.
+func (a *agent) confineSelf() error {
+	conf, err := confinementFromEnv()
+	if err != nil {
+		return err
+	}
+	a.conf = conf
+	if conf.filter == nil {
+		return nil
+	}
+	listener, err := conf.filter.Install(seccomp.AllThreads)
+	if err != nil {
+		return err
+	}
+	a.filtered = true
+	go conf.filter.Serve(listener, func(n *seccomp.Notification, _ seccomp.Decision) {
+		rep := a.refusals.find(int(n.Pid))
+		comm := commOf(n.Pid)
+		if seccomp.Valid(listener, n.ID) {
+			rep.refused(conf.filter, n, comm)
+		}
+	})
+	return nil
 }
 
 // capFreeThread starts a goroutine locked to a thread without any

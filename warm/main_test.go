@@ -142,7 +142,7 @@ func startTestAgent(t *testing.T, o agentOpts) *testAgent {
 		defer agentEnd.Close()
 		t.Cleanup(func() { sender.Close() })
 		o.reports(sender)
-		env = append(env, envReports+"=1")
+		env = append(env, envReports+"="+strconv.Itoa(len(files)))
 		files = append(files, agentEnd)
 	}
 	exe := "/proc/self/exe"

@@ -15,13 +15,11 @@ import (
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/netfwd"
 )
 
-// envReports marks an agent whose container has an allow-list: the
-// supervisor sends it every refusal (netfwd.Refusal) on reportsFD, and the
-// agent tells the call whose command made the connection.
+// envReports names the fd of the report channel of an agent whose
+// container has an allow-list: the supervisor sends it every refusal
+// (netfwd.Refusal) there, and the agent tells the call whose command made
+// the connection.
 const envReports = "_LECTIC_NIX_SANDBOX_REPORTS"
-
-// reportsFD is where the agent finds the report channel.
-const reportsFD = 4
 
 // maxAncestry bounds the walk from a socket's owner up to a call's command.
 const maxAncestry = 64

@@ -87,6 +87,10 @@ type message struct {
 	// container's hard limit allows: what the caller's host would run, the
 	// sandbox runs.
 	StackLimit *uint64 `json:"stack_limit,omitempty"`
+	// KillAfterMs is how long the command's process group has after an
+	// ending signal (SIGTERM, SIGINT, SIGHUP) before it gets SIGKILL;
+	// absent means DefaultKillAfter.
+	KillAfterMs *int64 `json:"kill_after_ms,omitempty"`
 
 	// A run message's cwd, argv, environment and withheld names are byte
 	// strings (package execargs), not JSON text: its body. The header

@@ -39,11 +39,11 @@ func newReaper() *reaper {
 	return &reaper{procs: make(map[int]*proc), kick: make(chan struct{}, 1)}
 }
 
-// spawn starts a prepared command and tracks it.
-func (r *reaper) spawn(s *cmdSpec) (*proc, error) {
+// spawn starts a prepared command with the given fds and tracks it.
+func (r *reaper) spawn(s *cmdSpec, files []uintptr) (*proc, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	pid, err := r.forkExec(s, []uintptr{uintptr(s.files[0]), uintptr(s.files[1]), uintptr(s.files[2])})
+	pid, err := r.forkExec(s, files)
 	if err != nil {
 		return nil, err
 	}
@@ -83,13 +83,17 @@ func (r *reaper) forkExec(s *cmdSpec, files []uintptr) (int, error) {
 	return pid, nil
 }
 
-// kill signals the command's process group while the command is alive.
-func (p *proc) kill(sig unix.Signal) {
+// kill signals the command's process group while the command is alive
+// (not yet reaped, so its pid, the group's id, cannot have been reused),
+// and reports whether it did.
+func (p *proc) kill(sig unix.Signal) bool {
 	p.r.mu.Lock()
 	defer p.r.mu.Unlock()
 	if p.r.procs[p.pid] == p {
 		_ = unix.Kill(-p.pid, sig)
+		return true
 	}
+	return false
 }
 
 // killAll ends every tracked command's process group; used when the agent

@@ -254,10 +254,23 @@ func (sv *supervisor) start() error {
 	}
 	lf := os.NewFile(uintptr(lfd), sockName)
 	defer lf.Close() // the agent has its own copy
+	files := []*os.File{lf}
+	filter, err := sv.spec.Seccomp.Filter(oci.DefaultCaps())
+	if err != nil {
+		return fmt.Errorf("seccomp profile: %w", err)
+	}
+	if filter != nil {
+		mf, err := filter.Memfd()
+		if err != nil {
+			return err
+		}
+		defer mf.Close()
+		files = append(files, mf) // filterFD
+	}
 	if sv.spec.Plain {
-		sv.agent, err = startPlainAgent(sv.spec, lf, sv.log)
+		sv.agent, err = startPlainAgent(sv.spec, files, sv.log)
 	} else {
-		sv.agent, err = startContainer(sv.dir, sv.spec, lf, sv.log)
+		sv.agent, err = startContainer(sv.dir, sv.spec, files, sv.log)
 	}
 	if err != nil {
 		return err
@@ -341,8 +354,15 @@ func agentEnv(s Spec) []string {
 	if s.OneShot {
 		env = append(env, envOneShot+"=1")
 	}
+	// Fds after the listening socket (3): the filter, then the report
+	// channel, each only when there is one.
+	next := 4
+	if s.Seccomp.Mode != "" && s.Seccomp.Mode != "off" {
+		env = append(env, envSeccomp+"=1") // at filterFD
+		next++
+	}
 	if s.Net != nil {
-		env = append(env, envReports+"=1")
+		env = append(env, envReports+"="+strconv.Itoa(next))
 	}
 	return env
 }
@@ -350,7 +370,7 @@ func agentEnv(s Spec) []string {
 // plainAgent is an agent run as an ordinary child process.
 type plainAgent struct{ p *os.Process }
 
-func startPlainAgent(s Spec, lf, logf *os.File) (*plainAgent, error) {
+func startPlainAgent(s Spec, files []*os.File, logf *os.File) (*plainAgent, error) {
 	if s.Net != nil {
 		return nil, errors.New("a network allow-list needs a container; a plain agent has none")
 	}
@@ -361,7 +381,7 @@ func startPlainAgent(s Spec, lf, logf *os.File) (*plainAgent, error) {
 	defer devnull.Close()
 	p, err := os.StartProcess("/proc/self/exe", []string{"lectic-nix-sandbox-agent"}, &os.ProcAttr{
 		Env:   agentEnv(s),
-		Files: []*os.File{devnull, logf, logf, lf},
+		Files: append([]*os.File{devnull, logf, logf}, files...),
 		Sys:   &syscall.SysProcAttr{Setpgid: true},
 	})
 	if err != nil {
@@ -427,7 +447,7 @@ func (p *policyNet) close() error {
 	return err
 }
 
-func startContainer(dir string, s Spec, lf, logf *os.File) (*containerAgent, error) {
+func startContainer(dir string, s Spec, files []*os.File, logf *os.File) (*containerAgent, error) {
 	o := s.Create
 	// As root, libcontainer names the container's cgroup after its ID; a
 	// random suffix keeps two warm dirs with the same key (other temp
@@ -441,7 +461,7 @@ func startContainer(dir string, s Spec, lf, logf *os.File) (*containerAgent, err
 	o.Config.HostUID, o.Config.HostGID = uint32(os.Getuid()), uint32(os.Getgid())
 	o.InitArgs = []string{oci.AgentTarget}
 	o.InitEnv = agentEnv(s)
-	o.ExtraFiles = []*os.File{lf}
+	o.ExtraFiles = files
 	o.Stdio = [3]*os.File{nil, logf, logf}
 	var pn *policyNet
 	if s.Net != nil {
@@ -450,7 +470,7 @@ func startContainer(dir string, s Spec, lf, logf *os.File) (*containerAgent, err
 			return nil, err
 		}
 		o.Config.NetNS = pn.n.NSPath()
-		o.ExtraFiles = append(o.ExtraFiles, pn.agent) // reportsFD
+		o.ExtraFiles = append(o.ExtraFiles, pn.agent) // after the others: see agentEnv
 	}
 	c, err := createContainer(o, s)
 	if err != nil {

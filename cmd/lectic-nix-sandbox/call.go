@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -33,8 +35,12 @@ func runInSandbox(ctx context.Context, c sandboxCall) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	filter, err := seccompPolicy(c.opts.seccomp)
+	if err != nil {
+		return 0, err
+	}
 	target := homeTarget(c.caller)
-	shape := shapeParts(c, target)
+	shape := append(shapeParts(c, target), "seccomp="+filter.id)
 	key := warm.Key(append(imageParts(c, buildID), shape...)...)
 	spec := warm.Spec{
 		Key:     key,
@@ -46,6 +52,7 @@ func runInSandbox(ctx context.Context, c sandboxCall) (int, error) {
 		Image:   c.image.label,
 		ChainID: c.image.img.ChainID,
 		Workdir: c.workdir,
+		Seccomp: filter.policy,
 		Users: []oci.User{{Name: c.caller.name, UID: uint32(c.caller.uid), GID: uint32(c.caller.gid),
 			Home: target, Shell: imageShell(c.image.img)}},
 		Groups: []oci.Group{{Name: c.caller.name, GID: uint32(c.caller.gid)}},
@@ -80,6 +87,11 @@ func runInSandbox(ctx context.Context, c sandboxCall) (int, error) {
 		Cwd:      c.workdir,
 		User:     userSpec,
 		Timeout:  c.opts.timeout,
+		// warm reads 0 as its default; --kill-after 0 means at once.
+		KillAfter: c.opts.killAfter,
+	}
+	if req.KillAfter == 0 {
+		req.KillAfter = -1
 	}
 	if c.fast != nil {
 		spec.TicketDir = c.fast.dir
@@ -124,6 +136,33 @@ func shapeParts(c sandboxCall, homeTarget string) []string {
 		parts = append(parts, "allow="+c.opts.net.String())
 	}
 	return parts
+}
+
+// seccompChoice is --seccomp resolved: the policy and what the warm key
+// says of it.
+type seccompChoice struct {
+	policy warm.SeccompPolicy
+	id     string
+}
+
+// seccompPolicy reads --seccomp. A profile file is checked here, so a bad
+// one fails the call with one line before any container is touched; its
+// contents, not its name, shape the warm key.
+func seccompPolicy(flag string) (seccompChoice, error) {
+	switch flag {
+	case "default", "off":
+		return seccompChoice{policy: warm.SeccompPolicy{Mode: flag}, id: flag}, nil
+	}
+	data, err := os.ReadFile(flag)
+	if err != nil {
+		return seccompChoice{}, fmt.Errorf("--seccomp %s: %v; pass default, off or a readable profile file", flag, err)
+	}
+	p := warm.SeccompPolicy{Mode: "file", Profile: data}
+	if _, err := p.Filter(oci.DefaultCaps()); err != nil {
+		return seccompChoice{}, fmt.Errorf("--seccomp %s: %v", flag, err)
+	}
+	sum := sha256.Sum256(data)
+	return seccompChoice{policy: p, id: "file:" + hex.EncodeToString(sum[:])}, nil
 }
 
 // imageShell is the login shell the caller's passwd entry names: bash when

@@ -45,6 +45,18 @@ func fastCallFor(args []string, o options, r roots, stderr io.Writer) *fastCall 
 		}
 		fc.checks = append(fc.checks, c)
 	}
+	if o.seccomp != "default" && o.seccomp != "off" {
+		// A profile file shapes the container: an edit must find no ticket.
+		abs, err := filepath.Abs(o.seccomp)
+		if err != nil {
+			return nil
+		}
+		c, err := fastpath.Observe(fastpath.Stat, abs)
+		if err != nil {
+			return nil
+		}
+		fc.checks = append(fc.checks, c)
+	}
 	var inputs []nixload.Input
 	switch {
 	case o.image == "host":

@@ -28,6 +28,8 @@ type options struct {
 	flake        string
 	env          []string
 	timeout      time.Duration
+	killAfter    time.Duration
+	seccomp      string // "default", "off" or a profile file
 	user         string
 	refresh      bool
 	nixExe       string
@@ -70,6 +72,9 @@ const defaultWarmTTL = 900
 // time.Duration; 0 already means never.
 const maxWarmTTL = int64(flagvalue.Year / time.Second)
 
+// defaultKillAfter is the grace period after SIGTERM, SIGINT or --timeout.
+const defaultKillAfter = 2 * time.Second
+
 // defaultMaxWarm and maxMaxWarm bound --max-warm: idle warm containers
 // kept per user (each holds about 10 MB).
 const (
@@ -78,7 +83,8 @@ const (
 )
 
 func defaultOptions() options {
-	return options{keepWarm: true, warmTTL: defaultWarmTTL, maxWarm: defaultMaxWarm, user: "caller"}
+	return options{keepWarm: true, warmTTL: defaultWarmTTL, maxWarm: defaultMaxWarm, user: "caller",
+		killAfter: defaultKillAfter, seccomp: "default"}
 }
 
 // parseMaxWarm takes a plain whole number from 1 to maxMaxWarm: no sign,
@@ -143,6 +149,21 @@ var flagTable = []flagSpec{
 			return &usageError{err.Error()}
 		}
 		o.timeout = t
+		return nil
+	}},
+	{names: []string{"--kill-after"}, takesValue: true, apply: func(o *options, n, v string) error {
+		d, err := flagvalue.Duration(n, v, 0, flagvalue.Year)
+		if err != nil {
+			return &usageError{err.Error()}
+		}
+		o.killAfter = d
+		return nil
+	}},
+	{names: []string{"--seccomp"}, takesValue: true, apply: func(o *options, n, v string) error {
+		if v == "" {
+			return usagef("%s: want default, off or the path of a seccomp profile (OCI/Docker JSON)", n)
+		}
+		o.seccomp = v
 		return nil
 	}},
 	{names: []string{"--user", "-u"}, takesValue: true, apply: func(o *options, n, v string) error {
@@ -290,9 +311,14 @@ Sandbox:
       --user MODE              caller (default: your own uid/gid, no capabilities),
                                root, image (the image's User), NAME or UID[:GID]
       --env NAME[=VALUE]       pass NAME from the host, or set it (repeatable)
-      --timeout DURATION       kill the command after DURATION (exit 124): seconds
-                               (30, 0.5) or with a unit (250ms, 2m, 1h30m), 1ms to
-                               1 year
+      --timeout DURATION       end the command after DURATION as SIGTERM would (exit
+                               124): seconds (30, 0.5) or with a unit (250ms, 2m,
+                               1h30m), 1ms to 1 year
+      --kill-after DURATION    after SIGTERM, SIGINT or --timeout, SIGKILL what is left
+                               of the command after DURATION (default 2s; 0 = at once)
+      --seccomp default|off|FILE
+                               system call filter: the default profile, none, or an
+                               OCI/Docker seccomp JSON profile (as podman takes)
 Image:
       --image PATH|host        image archive, OCI layout or streamLayeredImage script;
                                "host" is a read-only view of this machine's system

@@ -1,0 +1,385 @@
+package warm
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/seccomp"
+)
+
+// Environment and fds that carry the confinement of commands from the
+// supervisor to the agent, and from the agent to its identity helpers.
+const (
+	// envSeccomp says that fd filterFD holds the compiled filter
+	// (seccomp.Filter's binary form) every command runs under.
+	envSeccomp = "_LECTIC_NIX_SANDBOX_SECCOMP"
+	// envRlimitAS is RLIMIT_AS in bytes for every command (--memory where
+	// no cgroup can hold it). The agent and helpers are not limited: a Go
+	// runtime reserves far more address space than it uses.
+	envRlimitAS = "_LECTIC_NIX_SANDBOX_RLIMIT_AS"
+	// envExec asks the exec trampoline (package seccomp, trampoline.c) to
+	// confine the process and exec the command.
+	envExec = "_LECTIC_NIX_SANDBOX_EXEC"
+)
+
+// filterFD is where the agent and its helpers find the filter.
+const filterFD = 4
+
+// confinement is what every command of an agent runs under.
+type confinement struct {
+	filter     *seccomp.Filter
+	filterFile *os.File // the filter's binary form, for helpers and the trampoline
+	rlimitAS   uint64
+}
+
+// confinementFromEnv reads the confinement an agent or helper was given.
+func confinementFromEnv() (confinement, error) {
+	var c confinement
+	if v := os.Getenv(envRlimitAS); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return c, fmt.Errorf("bad %s=%q", envRlimitAS, v)
+		}
+		c.rlimitAS = n
+	}
+	if os.Getenv(envSeccomp) == "" {
+		return c, nil
+	}
+	f := os.NewFile(filterFD, "seccomp-filter")
+	filter, err := seccomp.ReadFilter(f)
+	if err != nil {
+		return c, fmt.Errorf("no seccomp filter at fd %d: %w", filterFD, err)
+	}
+	c.filter, c.filterFile = filter, f
+	return c, nil
+}
+
+// env is what a helper needs in its environment to inherit c; the filter
+// itself goes at filterFD.
+func (c confinement) env() []string {
+	var env []string
+	if c.filter != nil {
+		env = append(env, envSeccomp+"=1")
+	}
+	if c.rlimitAS > 0 {
+		env = append(env, envRlimitAS+"="+strconv.FormatUint(c.rlimitAS, 10))
+	}
+	return env
+}
+
+// trampoline turns s into an exec of the trampoline that confines the
+// process and then execs s's command. It returns the fds the child needs
+// and, when a filter is installed, the agent's end of the socket its
+// listener arrives on (-1 otherwise).
+func (c confinement) trampoline(s *cmdSpec, withFilter bool) (files []uintptr, report int, err error) {
+	files = []uintptr{uintptr(s.files[0]), uintptr(s.files[1]), uintptr(s.files[2])}
+	ffd, rfd := -1, -1
+	report = -1
+	if withFilter && c.filter != nil {
+		pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return nil, -1, fmt.Errorf("socketpair: %w", err)
+		}
+		files = append(files, c.filterFile.Fd(), uintptr(pair[1]))
+		ffd, rfd, report = 3, 4, pair[0]
+		s.closeAfter = append(s.closeAfter, pair[1])
+	}
+	drop := 0
+	if s.dropCaps {
+		drop = 1
+	}
+	s.env = append(append([]string(nil), s.env...),
+		fmt.Sprintf("%s=%d,%d,%d,%d,%s", envExec, drop, c.rlimitAS, ffd, rfd, s.path))
+	s.path = "/proc/self/exe"
+	return files, report, nil
+}
+
+// needsTrampoline says whether a command forked by this process must go
+// through the trampoline; filtered says whether this process is already
+// under the filter (a helper), so its children inherit it.
+func (c confinement) needsTrampoline(s *cmdSpec, filtered bool) bool {
+	return s.dropCaps || c.rlimitAS > 0 || (c.filter != nil && !filtered)
+}
+
+// receiveListener waits for the listener the trampoline sends on report
+// and serves it for the command's life, reporting to rep.
+func (c confinement) receiveListener(report int, rep *callReport) {
+	defer unix.Close(report)
+	buf := make([]byte, 1)
+	oob := make([]byte, unix.CmsgSpace(4))
+	for {
+		_, oobn, _, _, err := unix.Recvmsg(report, buf, oob, unix.MSG_CMSG_CLOEXEC)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return
+		}
+		fds, err := parseRights(oob[:oobn])
+		if err != nil || len(fds) != 1 {
+			closeAll(fds)
+			return
+		}
+		c.filter.Serve(fds[0], func(n *seccomp.Notification, d seccomp.Decision) {
+			comm := commOf(n.Pid)
+			if seccomp.Valid(fds[0], n.ID) {
+				rep.refused(c.filter, n, comm)
+			}
+		})
+		return
+	}
+}
+
+// callReport is where one call's refusals are reported: its stderr, one
+// line per system call name.
+type callReport struct {
+	mu   sync.Mutex
+	fd   int // a dup of the call's stderr; -1 once the call is over
+	seen map[string]bool
+}
+
+func newCallReport(stderr int) *callReport {
+	fd, err := unix.FcntlInt(uintptr(stderr), unix.F_DUPFD_CLOEXEC, 3)
+	if err != nil {
+		fd = -1
+	}
+	return &callReport{fd: fd, seen: map[string]bool{}}
+}
+
+// refused writes the line for a refused call, the first time its name is
+// refused in this call.
+func (r *callReport) refused(f *seccomp.Filter, n *seccomp.Notification, comm string) {
+	if r == nil {
+		return
+	}
+	name := f.Name(&n.Data)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.fd < 0 || r.seen[name] {
+		return
+	}
+	r.seen[name] = true
+	writeNonBlocking(r.fd, fmt.Sprintf("lectic-nix-sandbox: blocked %s in '%s' (seccomp; --seccomp off to allow)\n", f.Describe(&n.Data), comm))
+}
+
+func (r *callReport) close() {
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.fd >= 0 {
+		_ = unix.Close(r.fd)
+		r.fd = -1
+	}
+}
+
+// writeNonBlocking writes line to fd without waiting for a reader: the
+// command shares fd's file description, so its flags must not change.
+// RWF_NOWAIT does that for pipes (Linux 5.x and later); a terminal is
+// opened again, non-blocking, through /proc. A line that does not fit is
+// dropped.
+func writeNonBlocking(fd int, line string) {
+	var st unix.Stat_t
+	if unix.Fstat(fd, &st) != nil {
+		return
+	}
+	b := []byte(line)
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFSOCK:
+		_ = unix.Sendto(fd, b, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL, nil)
+		return
+	case unix.S_IFREG, unix.S_IFBLK:
+		_, _ = unix.Write(fd, b)
+		return
+	}
+	_, err := unix.Pwritev2(fd, [][]byte{b}, -1, unix.RWF_NOWAIT)
+	if err != unix.EOPNOTSUPP && err != unix.EINVAL {
+		return
+	}
+	nb, err := unix.Open("/proc/self/fd/"+strconv.Itoa(fd), unix.O_WRONLY|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
+	if err != nil {
+		return
+	}
+	_, _ = unix.Write(nb, b)
+	_ = unix.Close(nb)
+}
+
+// commOf is a process's command name, as ps shows it.
+func commOf(pid uint32) string {
+	b, err := os.ReadFile("/proc/" + strconv.FormatUint(uint64(pid), 10) + "/comm")
+	if err != nil {
+		return "?"
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// callTable finds the call a process belongs to, for a listener that
+// serves many calls (an identity helper's).
+type callTable struct {
+	mu    sync.Mutex
+	calls map[int]*callReport // process group of the command -> its report
+}
+
+func (t *callTable) add(pgid int, r *callReport) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.calls == nil {
+		t.calls = map[int]*callReport{}
+	}
+	t.calls[pgid] = r
+}
+
+func (t *callTable) remove(pgid int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.calls, pgid)
+}
+
+// find looks for pid's call by its process group, then by its ancestors'
+// (a command that moved to a process group of its own).
+func (t *callTable) find(pid int) *callReport {
+	for i := 0; i < 64 && pid > 1; i++ {
+		ppid, pgrp, err := statOf(pid)
+		if err != nil {
+			return nil
+		}
+		t.mu.Lock()
+		r := t.calls[pgrp]
+		if r == nil {
+			r = t.calls[pid]
+		}
+		t.mu.Unlock()
+		if r != nil {
+			return r
+		}
+		pid = ppid
+	}
+	return nil
+}
+
+// statOf reads a process's parent and process group.
+func statOf(pid int) (ppid, pgrp int, err error) {
+	f, err := procStat(pid)
+	if err != nil {
+		return 0, 0, err
+	}
+	ppid, err1 := strconv.Atoi(f[1])
+	pgrp, err2 := strconv.Atoi(f[2])
+	if err1 != nil || err2 != nil {
+		return 0, 0, errors.New("malformed stat")
+	}
+	return ppid, pgrp, nil
+}
+
+// procStat returns the fields of /proc/pid/stat after the command name:
+// state, ppid, pgrp, session, ... (field 3 of proc(5) is index 0).
+func procStat(pid int) ([]string, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return nil, err
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return nil, errors.New("malformed stat")
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 20 {
+		return nil, errors.New("malformed stat")
+	}
+	return f, nil
+}
+
+// SeccompPolicy is the system call filter a container's commands run
+// under.
+type SeccompPolicy struct {
+	// Mode is "default" (seccomp.Default), "file" (Profile) or "off";
+	// "" is no filter, like "off".
+	Mode    string `json:"mode,omitempty"`
+	Profile []byte `json:"profile,omitempty"` // an OCI/Docker JSON profile
+}
+
+// Filter compiles the policy for this machine, resolving the profile's
+// conditional rules against the container's capabilities; nil when off.
+func (p SeccompPolicy) Filter(caps []string) (*seccomp.Filter, error) {
+	var prof *seccomp.Profile
+	switch p.Mode {
+	case "", "off":
+		return nil, nil
+	case "default":
+		prof = seccomp.Default()
+	case "file":
+		var err error
+		if prof, err = seccomp.Parse(p.Profile); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, fmt.Errorf("unknown seccomp mode %q", p.Mode)
+	}
+	arch, err := seccomp.Native()
+	if err != nil {
+		return nil, err
+	}
+	resolved, err := seccomp.Resolve(prof, seccomp.Host{Arch: arch, Caps: caps, Kernel: seccomp.KernelVersion()})
+	if err != nil {
+		return nil, err
+	}
+	return seccomp.Compile(resolved, arch)
+}
+
+// endGroup follows an ending signal with SIGKILL after grace: to the
+// whole process group while the command lives, and after it has been
+// reaped to the members that were alive when the signal came (a pgid can
+// only be reused once none of them is left).
+func endGroup(p *proc, grace time.Duration) {
+	since := bootTicks()
+	if grace > 0 {
+		t := time.NewTimer(grace)
+		<-t.C
+	}
+	if p.kill(unix.SIGKILL) {
+		return
+	}
+	if groupHasMembersFrom(p.pid, since) {
+		_ = unix.Kill(-p.pid, unix.SIGKILL)
+	}
+}
+
+// bootTicks is now in the clock ticks /proc/pid/stat counts start times in.
+func bootTicks() uint64 {
+	var ts unix.Timespec
+	if unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts) != nil {
+		return ^uint64(0)
+	}
+	return uint64(ts.Sec)*100 + uint64(ts.Nsec)/10_000_000
+}
+
+// groupHasMembersFrom reports whether process group pgid has a member that
+// started no later than since.
+func groupHasMembersFrom(pgid int, since uint64) bool {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return false
+	}
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		f, err := procStat(pid)
+		if err != nil || f[2] != strconv.Itoa(pgid) {
+			continue
+		}
+		if start, err := strconv.ParseUint(f[19], 10, 64); err == nil && start <= since {
+			return true
+		}
+	}
+	return false
+}
