@@ -2,12 +2,18 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/namespace"
 )
 
 // modes are the ways a call reaches a container: warm (an identity
@@ -277,5 +283,259 @@ func TestEndingSignalKillsGroup(t *testing.T) {
 				t.Fatalf("want 124 soon after the timeout, got %v after %v", r, time.Since(start))
 			}
 		})
+	})
+}
+
+// containerOf finds the warm dir of wd's container (one-shot ones too,
+// while their call runs) and reads its meta.json.
+func containerOf(t *testing.T, u *testUser, wd string) (dir string, supervisor, agent int) {
+	t.Helper()
+	dirs, _ := filepath.Glob(filepath.Join(u.temp, "nix-sandbox", "warm", "*", "meta.json"))
+	for _, m := range dirs {
+		b, err := os.ReadFile(m)
+		if err != nil {
+			continue
+		}
+		var meta struct {
+			Workdir    string `json:"workdir"`
+			Supervisor int    `json:"supervisor_pid"`
+			Agent      int    `json:"agent_pid"`
+		}
+		if json.Unmarshal(b, &meta) == nil && meta.Workdir == wd {
+			return filepath.Dir(m), meta.Supervisor, meta.Agent
+		}
+	}
+	t.Fatalf("no container for %s", wd)
+	return "", 0, 0
+}
+
+// procID names one process: its pid and start time.
+type procID struct {
+	pid   int
+	start string
+}
+
+// pidNSMembers lists the processes in the pid namespace of pid, with their
+// thread counts. Only that container's processes are looked at.
+func pidNSMembers(pid int) (procs []procID, threads int) {
+	ns, err := os.Readlink(filepath.Join("/proc", strconv.Itoa(pid), "ns", "pid"))
+	if err != nil {
+		return nil, 0
+	}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if got, err := os.Readlink(filepath.Join("/proc", e.Name(), "ns", "pid")); err != nil || got != ns {
+			continue
+		}
+		if st, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat")); err == nil {
+			f := strings.Fields(string(st[strings.LastIndexByte(string(st), ')')+1:]))
+			procs = append(procs, procID{p, f[19]})
+			if n, err := strconv.Atoi(f[17]); err == nil {
+				threads += n
+			}
+		}
+	}
+	return procs, threads
+}
+
+func stillRunning(procs []procID) []procID {
+	var left []procID
+	for _, p := range procs {
+		st, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(p.pid), "stat"))
+		if err != nil {
+			continue
+		}
+		f := strings.Fields(string(st[strings.LastIndexByte(string(st), ')')+1:]))
+		if f[19] == p.start && f[0] != "Z" {
+			left = append(left, p)
+		}
+	}
+	return left
+}
+
+// TestPidsLimit: a fork loop past --pids-limit fails in the command, and
+// the container's tasks (the sandbox's own included) stay within the limit
+// as the host counts them.
+func TestPidsLimit(t *testing.T) {
+	const limit = 64
+	forEachUser(t, func(t *testing.T, u *testUser) {
+		for _, m := range modes {
+			t.Run(m.name, func(t *testing.T) {
+				wd := u.workdir(t)
+				cmd := u.command(context.Background(), runOpts{dir: wd}, append(append([]string{"--image", suite.images["busybox"], "-d", wd},
+					m.pre...), "--pids-limit", strconv.Itoa(limit), "probe", "forkloop", "500", "6")...)
+				out, err := cmd.StdoutPipe()
+				if err != nil {
+					t.Fatal(err)
+				}
+				var stderr strings.Builder
+				cmd.Stderr = &stderr
+				if err := cmd.Start(); err != nil {
+					t.Fatal(err)
+				}
+				defer cmd.Wait()
+				buf := make([]byte, 256)
+				n, _ := io.ReadAtLeast(out, buf, len("started 1\nfork: EAGAIN\n"))
+				got := string(buf[:n])
+				_, _, agent := containerOf(t, u, wd)
+				_, threads := pidNSMembers(agent)
+				if !strings.Contains(got, "fork: EAGAIN") {
+					t.Errorf("the fork loop was not stopped: %q %s", got, stderr.String())
+				}
+				if threads > limit || threads == 0 {
+					t.Errorf("the container has %d tasks, limit %d", threads, limit)
+				}
+				io.Copy(io.Discard, out)
+				if err := cmd.Wait(); err != nil {
+					t.Errorf("the call failed: %v %s", err, stderr.String())
+				}
+			})
+		}
+		// The default is a limit too.
+		r := u.sandbox(t, u.workdir(t), runOpts{}, "sh", "-c", "grep processes /proc/self/limits")
+		wantOK(t, r)
+		if f := strings.Fields(r.stdout); len(f) < 4 || (f[2] != "4096" && u.uid != 0) {
+			t.Errorf("default pids limit: %v", r)
+		}
+	})
+}
+
+// TestStorageSize: the writable layer and every tmpfs share one cap; a
+// write past it gets ENOSPC and the container goes on serving.
+func TestStorageSize(t *testing.T) {
+	forEachUser(t, func(t *testing.T, u *testUser) {
+		for _, m := range modes {
+			t.Run(m.name, func(t *testing.T) {
+				wd := u.workdir(t)
+				opts := append(append([]string{}, m.pre...), "--storage-size", "32m")
+				r := u.sandbox(t, wd, runOpts{}, append(opts, "sh", "-c",
+					`dd if=/dev/zero of=/tmp/a bs=1M count=20 2>/dev/null; probe fill /var/tmp/b; probe fill /big; probe fill /dev/shm/c; df -k /tmp | tail -1`)...)
+				wantOK(t, r)
+				if strings.Count(r.stdout, "fill: ENOSPC") != 3 {
+					t.Fatalf("want ENOSPC on /var/tmp, / and /dev/shm: %v", r)
+				}
+				var mib int
+				fmt.Sscanf(r.stdout[strings.Index(r.stdout, "wrote "):], "wrote %d MiB", &mib)
+				if mib > 12 {
+					t.Errorf("/var/tmp took %d MiB after /tmp took 20 of 32", mib)
+				}
+				r = u.sandbox(t, wd, runOpts{}, append(opts, "sh", "-c", "echo next; rm -f /tmp/a /var/tmp/b /big; echo x > /tmp/ok && cat /tmp/ok")...)
+				wantOK(t, r)
+				if r.stdout != "next\nx\n" {
+					t.Errorf("the next call: %v", r)
+				}
+			})
+		}
+	})
+}
+
+// TestMemoryLimit: --memory holds; where no cgroup can hold it (an
+// unprivileged caller on this cgroup v1 host) it is RLIMIT_AS per command
+// and the call says so.
+func TestMemoryLimit(t *testing.T) {
+	forEachUser(t, func(t *testing.T, u *testUser) {
+		wd := u.workdir(t)
+		r := u.sandbox(t, wd, runOpts{}, "--memory", "64m", "sh", "-c", "ulimit -v; dd if=/dev/zero of=/dev/null bs=200M count=1 2>/dev/null && echo allocated")
+		if strings.Contains(r.stdout, "allocated") {
+			t.Fatalf("a 200 MiB buffer under --memory 64m: %v", r)
+		}
+		warned := strings.Contains(r.stderr, "warning: --memory is a per-process address-space limit (RLIMIT_AS)")
+		// The test user has no systemd session, so no delegated cgroup:
+		// only root gets a cgroup (v1 here, or v2).
+		if u.uid != 0 {
+			if !warned || !strings.HasPrefix(r.stdout, "65536\n") {
+				t.Errorf("want RLIMIT_AS and the warning: %v", r)
+			}
+			return
+		}
+		if warned || !namespace.PlanLimits().Cgroup {
+			t.Fatalf("root's container has no cgroup for the limit: %v", r)
+		}
+		// As root on this host: the container's own cgroup.
+		_, _, agent := containerOf(t, u, wd)
+		for ctl, want := range map[string]string{"memory": "memory.limit_in_bytes", "pids": "pids.max"} {
+			path := cgroupPath(t, agent, ctl)
+			b, err := os.ReadFile(filepath.Join("/sys/fs/cgroup", ctl, path, want))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v := strings.TrimSpace(string(b)); (ctl == "memory" && v != "67108864") || (ctl == "pids" && v != "4096") {
+				t.Errorf("%s of the container's cgroup %s = %s", want, path, v)
+			}
+		}
+	})
+}
+
+func cgroupPath(t *testing.T, pid int, controller string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cgroup"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.SplitN(l, ":", 3)
+		if len(f) == 3 && strings.Contains(","+f[1]+",", ","+controller+",") {
+			return f[2]
+		}
+	}
+	t.Fatalf("no %s cgroup for pid %d: %s", controller, pid, b)
+	return ""
+}
+
+// TestSupervisorKilledLeavesNothing: SIGKILL to a container's supervisor
+// ends the container, background processes included; the next call
+// starts a fresh one.
+func TestSupervisorKilledLeavesNothing(t *testing.T) {
+	forEachUser(t, func(t *testing.T, u *testUser) {
+		for _, m := range modes {
+			t.Run(m.name, func(t *testing.T) {
+				wd := u.workdir(t)
+				args := append(append([]string{"--image", suite.images["busybox"], "-d", wd}, m.pre...), "sh", "-c", "sleep 1000 & echo started; wait")
+				if m.name == "warm" {
+					args[len(args)-1] = "sleep 1000 >/dev/null 2>&1 & echo started"
+				}
+				cmd := u.command(context.Background(), runOpts{dir: wd}, args...)
+				out, err := cmd.StdoutPipe()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := cmd.Start(); err != nil {
+					t.Fatal(err)
+				}
+				buf := make([]byte, 8)
+				if _, err := io.ReadFull(out, buf); err != nil || string(buf) != "started\n" {
+					t.Fatalf("no start: %q %v", buf, err)
+				}
+				if m.name == "warm" {
+					if err := cmd.Wait(); err != nil {
+						t.Fatal(err)
+					}
+				}
+				_, supervisor, agent := containerOf(t, u, wd)
+				procs, _ := pidNSMembers(agent)
+				if len(procs) < 2 {
+					t.Fatalf("the container has %d processes", len(procs))
+				}
+				if err := syscall.Kill(supervisor, syscall.SIGKILL); err != nil {
+					t.Fatal(err)
+				}
+				deadline := time.Now().Add(10 * time.Second)
+				for len(stillRunning(procs)) > 0 {
+					if time.Now().After(deadline) {
+						t.Fatalf("left behind: %v", stillRunning(procs))
+					}
+					time.Sleep(20 * time.Millisecond)
+				}
+				if m.name == "one-shot" {
+					cmd.Wait()
+					return
+				}
+				wantOK(t, u.sandbox(t, wd, runOpts{}, "true"))
+			})
+		}
 	})
 }

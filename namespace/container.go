@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"sync"
 	"syscall"
@@ -33,6 +34,11 @@ type CreateOptions struct {
 	// on-disk upper and work dirs ("volatile" overlay when Volatile), and
 	// the read-only bind of the image goes beside MergedDir ("lower").
 	Volatile bool
+	// StorageSize caps, in bytes, everything the container holds in
+	// memory: its writable layer (when Volatile) and /tmp, /run, /var/tmp,
+	// /dev and /dev/shm share one tmpfs of this size. A write past it gets
+	// ENOSPC. 0 leaves the kernel's default (half of RAM).
+	StorageSize int64
 	// EtcFiles are written into the merged root before start, e.g.
 	// "/etc/passwd". Merging with the image's files is the caller's job
 	// (ReadRootFile + oci.MergePasswd): only it knows the users.
@@ -102,6 +108,8 @@ func start(o CreateOptions, layout rootLayout) (*Container, error) {
 	cfg := o.Config
 	cfg.RootPath = o.MergedDir
 	cfg.InitArgs, cfg.InitEnv = o.InitArgs, o.InitEnv
+	cfg.Scratch = layout.mounts
+	cfg = withCgroupPath(cfg, o.ID)
 	spec, err := oci.Spec(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("container %s: %w", o.ID, err)
@@ -123,6 +131,15 @@ func start(o CreateOptions, layout rootLayout) (*Container, error) {
 		return nil, fmt.Errorf("container %s: start init: %w", o.ID, err)
 	}
 	return c, nil
+}
+
+// withCgroupPath puts the container's cgroup, when it gets one under a
+// delegated parent, in a child named after the container.
+func withCgroupPath(cfg oci.Config, id string) oci.Config {
+	if cfg.Limits.Cgroup && cfg.Limits.CgroupParent != "" {
+		cfg.Limits.CgroupsPath = path.Join(cfg.Limits.CgroupParent, "lectic-nix-sandbox-"+id)
+	}
+	return cfg
 }
 
 func prepareRoot(merged string, mounts []specs.Mount, etc map[string][]byte) error {
@@ -160,6 +177,10 @@ func libcontainerConfig(id string, spec *specs.Spec) (*configs.Config, error) {
 		return nil, err
 	}
 	cfg.Cgroups.Resources.Devices = nil
+	// The container dies with its supervisor: libcontainer gives the init
+	// this parent-death signal, restores it after changing credentials,
+	// and then checks that its parent is still the one that started it.
+	cfg.ParentDeathSignal = int(unix.SIGKILL)
 	return cfg, nil
 }
 

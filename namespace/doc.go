@@ -50,13 +50,29 @@
 // mountpoints need is a journaled metadata write, about 1 ms each on the
 // development VM, and that was half of a cold start.
 //
-// # Cgroups
+// # Limits
 //
-// Cgroups are not delegated on the hosts we target, so the libcontainer
-// config is rootless for cgroups: controllers it cannot write are skipped
-// (libcontainer's own rule, which holds for an unprivileged caller), and
-// device cgroup rules are dropped since a user namespace cannot set them;
-// device access is limited by what is bound into /dev. When the caller is
-// root, the v1 hierarchy is writable and libcontainer puts the init in a
-// child cgroup of the caller's own, which Destroy removes.
+// One tmpfs of CreateOptions.StorageSize holds everything the container
+// keeps in memory: the writable layer (Volatile), libcontainer's state, and
+// the dirs bound at /tmp, /run, /var/tmp and /dev/shm (oci.Config.Scratch),
+// so a write past the size gets ENOSPC wherever it lands. /dev stays a
+// 1 MiB tmpfs of its own: libcontainer sets up device nodes only on a
+// tmpfs /dev.
+//
+// PlanLimits decides what holds the pids and memory limits: a cgroup of the
+// container's own (cgroup v2 delegated to the caller, as in a systemd user
+// session, or host root on v1 or v2; libcontainer's managers create it and
+// Destroy removes it), else rlimits. Without a cgroup, libcontainer is
+// rootless for cgroups (controllers it cannot write are skipped) and the
+// spec carries no cgroup limits, which libcontainer would refuse. Device
+// cgroup rules are always dropped: a user namespace cannot set them, and
+// device access is limited by what is bound into /dev.
+//
+// # Dying with the supervisor
+//
+// The container's init is the agent, which sets its own parent-death
+// signal (libcontainer's ParentDeathSignal does not survive nsexec's
+// forks) and watches a pipe the supervisor holds (package warm). The
+// supervisor creates the container from its main thread, which lives as
+// long as it does, since the signal follows the thread that forked.
 package namespace

@@ -41,8 +41,34 @@ func Doctor(ctx context.Context, tempRoot, cacheRoot string) []Check {
 	}
 	checks = append(checks, overlayChecks(ctx, tempRoot)...)
 	checks = append(checks, networkCheck(ctx))
-	checks = append(checks, subidCheck(), nixCheck(), nixDaemonCheck(), nixBuildUsersCheck(hostNixConf()))
+	checks = append(checks, subidCheck(), limitsCheck(PlanLimits()), seccompCheck(), nixCheck(), nixDaemonCheck(), nixBuildUsersCheck(hostNixConf()))
 	return checks
+}
+
+// limitsCheck says what holds --pids-limit and --memory here. Without a
+// cgroup both still hold: the pids limit per container, memory per
+// process.
+func limitsCheck(p LimitPlan) Check {
+	const name = "resource limits"
+	if p.Cgroup {
+		return ok(name, false, p.Why)
+	}
+	return problem(name, false, p.Why,
+		"for a --memory limit of the whole container, run from a systemd user session with cgroup v2 (the user's cgroup is delegated there)")
+}
+
+// seccompCheck reports whether this kernel can filter system calls and
+// answer refusals the way the sandbox does it.
+func seccompCheck() Check {
+	const name = "seccomp filter"
+	b, err := os.ReadFile("/proc/sys/kernel/seccomp/actions_avail")
+	if err != nil {
+		return problem(name, false, "the kernel does not report its seccomp actions", "run with --seccomp off if calls fail to start")
+	}
+	if !strings.Contains(string(b), "user_notif") {
+		return problem(name, true, "this kernel lacks SECCOMP_RET_USER_NOTIF (Linux 5.0)", "upgrade the kernel, or run with --seccomp off")
+	}
+	return ok(name, true, "default profile on every command; refusals are reported on stderr")
 }
 
 func ok(name string, required bool, detail string) Check {

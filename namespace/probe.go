@@ -77,7 +77,7 @@ func overlayProbe(dir string, tmpfs bool) error {
 	if tmpfs {
 		l = tmpfsLayout(o)
 	}
-	if err := mountLayout(lowerSrc, l, true); err != nil {
+	if err := mountLayout(lowerSrc, l, true, 0); err != nil {
 		return err
 	}
 	defer unmountRoot(l)

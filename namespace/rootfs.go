@@ -5,31 +5,41 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/oci"
 )
 
 // rootLayout is where the overlay's pieces live.
 type rootLayout struct {
 	scratch string // tmpfs holding lower, upper and work; "" when on disk
-	lower   string // mountpoint of the read-only bind of the cached rootfs
-	upper   string
-	work    string
-	merged  string
-	state   string // libcontainer's state root
+	// mounts holds the dirs bound at /tmp, /run, /var/tmp and /dev/shm
+	// (oci.Config.Scratch), on the scratch tmpfs, or on a tmpfs
+	// of its own (volatileTmpfs) when the upper layer is on disk.
+	mounts        string
+	volatileTmpfs bool
+	lower         string // mountpoint of the read-only bind of the cached rootfs
+	upper         string
+	work          string
+	merged        string
+	state         string // libcontainer's state root
 }
 
 // diskLayout keeps the upper and work dirs the caller chose; the lower
 // bind goes beside the merged dir, so each container has its own.
 func diskLayout(o CreateOptions) rootLayout {
 	return rootLayout{
-		lower:  filepath.Join(filepath.Dir(filepath.Clean(o.MergedDir)), "lower"),
-		upper:  o.UpperDir,
-		work:   o.WorkDir,
-		merged: o.MergedDir,
-		state:  o.StateDir,
+		lower:         filepath.Join(filepath.Dir(filepath.Clean(o.MergedDir)), "lower"),
+		upper:         o.UpperDir,
+		work:          o.WorkDir,
+		merged:        o.MergedDir,
+		state:         o.StateDir,
+		mounts:        filepath.Join(filepath.Dir(filepath.Clean(o.MergedDir)), "mounts"),
+		volatileTmpfs: true,
 	}
 }
 
@@ -44,6 +54,7 @@ func tmpfsLayout(o CreateOptions) rootLayout {
 		work:    filepath.Join(o.UpperDir, "work"),
 		merged:  o.MergedDir,
 		state:   filepath.Join(o.UpperDir, "state"),
+		mounts:  filepath.Join(o.UpperDir, "mounts"),
 	}
 }
 
@@ -56,25 +67,31 @@ func tmpfsLayout(o CreateOptions) rootLayout {
 func mountRoot(o CreateOptions) (rootLayout, error) {
 	if o.Volatile {
 		l := tmpfsLayout(o)
-		err := mountLayout(o.Config.Image.Rootfs, l, true)
+		err := mountLayout(o.Config.Image.Rootfs, l, true, o.StorageSize)
 		if err == nil {
 			return l, nil
 		}
 	}
 	l := diskLayout(o)
-	return l, mountLayout(o.Config.Image.Rootfs, l, o.Volatile)
+	return l, mountLayout(o.Config.Image.Rootfs, l, o.Volatile, o.StorageSize)
 }
 
-func mountLayout(rootfs string, l rootLayout, volatile bool) (err error) {
-	if l.scratch != "" {
-		if err := mountScratch(l.scratch); err != nil {
+func mountLayout(rootfs string, l rootLayout, volatile bool, size int64) (err error) {
+	for _, t := range []string{l.scratch, l.mounts} {
+		if t == "" || (t == l.mounts && !l.volatileTmpfs) {
+			continue
+		}
+		if err := mountScratch(t, size); err != nil {
 			return err
 		}
 		defer func() {
 			if err != nil {
-				_ = unix.Unmount(l.scratch, unix.MNT_DETACH)
+				_ = unix.Unmount(t, unix.MNT_DETACH)
 			}
 		}()
+	}
+	if err := makeScratchDirs(l.mounts); err != nil {
+		return err
 	}
 	for _, d := range []string{l.lower, l.upper, l.work, l.merged} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -91,14 +108,42 @@ func mountLayout(rootfs string, l rootLayout, volatile bool) (err error) {
 	return nil
 }
 
-func mountScratch(dir string) error {
+// mountScratch mounts a tmpfs of size bytes (0: the kernel's default) at
+// dir.
+func mountScratch(dir string, size int64) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create %s: %w", dir, err)
 	}
-	if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0700"); err != nil {
+	opts := "mode=0700"
+	if size > 0 {
+		opts += ",size=" + strconv.FormatInt(size, 10)
+	}
+	if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, opts); err != nil {
 		return fmt.Errorf("mount tmpfs for the container's writable layer at %s: %w", dir, err)
 	}
 	return nil
+}
+
+// makeScratchDirs creates the dirs bound at /tmp, /run, /var/tmp and
+// /dev/shm, with the modes those mounts have in any container.
+func makeScratchDirs(dir string) error {
+	for _, d := range oci.ScratchDirs {
+		p := filepath.Join(dir, d.Dir)
+		if err := os.MkdirAll(p, 0o700); err != nil {
+			return fmt.Errorf("create %s: %w", p, err)
+		}
+		if err := os.Chmod(p, os.FileMode(d.Mode&0o777)|modeBits(d.Mode)); err != nil {
+			return fmt.Errorf("create %s: %w", p, err)
+		}
+	}
+	return os.Chmod(dir, 0o755)
+}
+
+func modeBits(m uint32) os.FileMode {
+	if m&0o1000 != 0 {
+		return os.ModeSticky
+	}
+	return 0
 }
 
 func bindReadOnly(src, dst string) error {
@@ -135,7 +180,11 @@ func mountOverlay(l rootLayout, volatile bool) error {
 // mounts are not an error so it can run twice.
 func unmountRoot(l rootLayout) error {
 	var errs []error
-	for _, p := range []string{l.merged, l.lower, l.scratch} {
+	var mounts string
+	if l.volatileTmpfs {
+		mounts = l.mounts
+	}
+	for _, p := range []string{l.merged, l.lower, mounts, l.scratch} {
 		if p == "" {
 			continue
 		}

@@ -72,6 +72,49 @@ type Config struct {
 	InitEnv  []string
 	// NoFile sets RLIMIT_NOFILE; the caller reads its own limits.
 	NoFile Rlimit
+	// Limits bound the whole container.
+	Limits Limits
+	// Scratch is a directory of the namespace that creates the container
+	// whose subdirectories (ScratchDirs) are bound at /tmp, /run, /var/tmp
+	// and /dev/shm instead of each getting a tmpfs of its own, so that one
+	// size-limited tmpfs holds all of them (and the writable layer, see
+	// package namespace). "" gives each its own tmpfs. /dev stays a tmpfs
+	// of its own (libcontainer sets up device nodes only there), of
+	// devSize.
+	Scratch string
 	// NewUserNS gives the container a nested user namespace (see doc.go).
 	NewUserNS bool
+}
+
+// Limits are the resource limits of a container.
+type Limits struct {
+	// Pids bounds the container's tasks (threads count, as for pids.max):
+	// RLIMIT_NPROC of every process, which the kernel counts per user
+	// namespace, so for the whole container (see doc.go), and pids.max when
+	// Cgroup. 0 = no limit.
+	Pids int64
+	// Memory in bytes: memory.max (memory.limit_in_bytes on cgroup v1) when
+	// Cgroup; otherwise the caller applies it to each command as RLIMIT_AS.
+	// 0 = no limit.
+	Memory int64
+	// Cgroup says the container gets a cgroup of its own that holds the
+	// limits: cgroup v2 delegated to the caller, or v1 for host root.
+	// CgroupsPath is where ("" = libcontainer's default place); package
+	// namespace sets it to a child of CgroupParent named after the
+	// container when CgroupParent is set.
+	Cgroup       bool
+	CgroupParent string
+	CgroupsPath  string
+}
+
+// ScratchDirs are the subdirectories of Config.Scratch, by mount target,
+// with the mode each is created with.
+var ScratchDirs = []struct {
+	Target, Dir string
+	Mode        uint32
+}{
+	{"/dev/shm", "shm", 0o1777},
+	{"/run", "run", 0o755},
+	{"/tmp", "tmp", 0o1777},
+	{"/var/tmp", "var-tmp", 0o1777},
 }

@@ -15,6 +15,15 @@
 // mapping is container 0 -> Config.HostUID/HostGID, which must then be ids
 // of the namespace that runs the container (0 in the supervisor).
 //
+// Limits: the pids limit is RLIMIT_NPROC of every process. Since Linux
+// 5.14 the kernel counts it per user namespace and checks the count of
+// every ancestor namespace against the limit its creator had, so in the
+// container's user namespace (the supervisor's, shared by the agent,
+// helpers and root-mode commands) it bounds the whole container, commands
+// in nested namespaces included, and not the caller's other processes.
+// For host root, whose processes RLIMIT_NPROC does not bind, and wherever a
+// cgroup can be had (Limits.Cgroup), pids.max and memory.max hold too.
+//
 // Paths given to ParseVolume must already be absolute: the caller resolves a
 // relative HOST against its working directory before calling.
 package oci

@@ -17,7 +17,7 @@ func Mounts(c Config) ([]specs.Mount, error) {
 	if err != nil {
 		return nil, err
 	}
-	all := append(systemMounts(c.AllowNet), binds...)
+	all := append(systemMounts(c), binds...)
 	sort.SliceStable(all, func(i, j int) bool {
 		return depth(all[i].Destination) < depth(all[j].Destination)
 	})
@@ -31,20 +31,43 @@ func depth(p string) int {
 	return strings.Count(filepath.Clean(p), "/")
 }
 
-func systemMounts(allowNet bool) []specs.Mount {
-	return []specs.Mount{
+// devSize bounds /dev, a tmpfs the container could otherwise fill.
+const devSize = "1m"
+
+func systemMounts(c Config) []specs.Mount {
+	m := []specs.Mount{
 		{Destination: "/proc", Type: "proc", Source: "proc", Options: []string{"nosuid", "noexec", "nodev"}},
-		{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "strictatime", "mode=755", "size=65536k"}},
+		// Device nodes (bind mounts), symlinks and mountpoints only: a
+		// small fixed size, outside Scratch.
+		{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "strictatime", "mode=755", "size=" + devSize}},
 		// No gid=5: the tty group is not mapped when rootless.
 		{Destination: "/dev/pts", Type: "devpts", Source: "devpts", Options: []string{"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"}},
 		{Destination: "/dev/shm", Type: "tmpfs", Source: "shm", Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}},
 		// The container owns its ipc namespace, so mqueue mounts rootless.
 		{Destination: "/dev/mqueue", Type: "mqueue", Source: "mqueue", Options: []string{"nosuid", "noexec", "nodev"}},
-		sysMount(allowNet),
+		sysMount(c.AllowNet),
 		tmpfs("/tmp", "1777"),
 		tmpfs("/run", "0755"),
 		tmpfs("/var/tmp", "1777"),
 	}
+	if c.Scratch == "" {
+		return m
+	}
+	// One tmpfs for all of them: binds of the scratch dirs, which keep
+	// the modes they were made with.
+	for i := range m {
+		for _, d := range ScratchDirs {
+			if m[i].Destination != d.Target {
+				continue
+			}
+			opts := []string{"rbind", "rw", "nosuid", "nodev"}
+			if d.Target == "/dev/shm" {
+				opts = append(opts, "noexec")
+			}
+			m[i] = specs.Mount{Destination: d.Target, Type: "bind", Source: filepath.Join(c.Scratch, d.Dir), Options: opts}
+		}
+	}
+	return m
 }
 
 // sysMount mounts a fresh sysfs only with a network namespace of our own:

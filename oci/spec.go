@@ -89,6 +89,9 @@ func process(c Config) *specs.Process {
 	if c.NoFile != (Rlimit{}) {
 		p.Rlimits = []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Soft: c.NoFile.Soft, Hard: c.NoFile.Hard}}
 	}
+	if n := c.Limits.Pids; n > 0 {
+		p.Rlimits = append(p.Rlimits, specs.POSIXRlimit{Type: "RLIMIT_NPROC", Soft: uint64(n), Hard: uint64(n)})
+	}
 	return p
 }
 
@@ -97,6 +100,17 @@ func linux(c Config) *specs.Linux {
 		Namespaces:    namespaces(c),
 		MaskedPaths:   maskedPaths(),
 		ReadonlyPaths: readonlyPaths(),
+	}
+	if lim := c.Limits; lim.Cgroup {
+		l.CgroupsPath = lim.CgroupsPath
+		l.Resources = &specs.LinuxResources{}
+		if lim.Pids > 0 {
+			l.Resources.Pids = &specs.LinuxPids{Limit: &lim.Pids}
+		}
+		if lim.Memory > 0 {
+			mem, swap := lim.Memory, lim.Memory // no swap beyond the limit
+			l.Resources.Memory = &specs.LinuxMemory{Limit: &mem, Swap: &swap}
+		}
 	}
 	if c.NewUserNS {
 		l.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: c.HostUID, Size: 1}}

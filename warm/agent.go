@@ -20,6 +20,9 @@ const (
 	envBuild   = "_LECTIC_NIX_SANDBOX_BUILD"
 	envTTL     = "_LECTIC_NIX_SANDBOX_TTL"
 	envOneShot = "_LECTIC_NIX_SANDBOX_ONESHOT"
+	// envWatch names the fd of the supervisor's watch pipe: when it hangs
+	// up, the supervisor is gone and so must the container be.
+	envWatch = "_LECTIC_NIX_SANDBOX_WATCH"
 )
 
 // listenFD is where the agent finds its listening socket.
@@ -64,6 +67,7 @@ func RunAgent() int {
 // agent is the state of one agent process.
 type agent struct {
 	lfd     int
+	watchFD int // the supervisor's watch pipe; -1 without one
 	build   string
 	oneShot bool
 	created time.Time
@@ -135,7 +139,39 @@ func newAgentFromEnv() (*agent, error) {
 		go a.calls.serveReports()
 	}
 	a.conf = conf
+	if v := os.Getenv(envWatch); v != "" {
+		fd, err := strconv.Atoi(v)
+		if err != nil || fd < 3 {
+			return nil, fmt.Errorf("bad %s=%q", envWatch, v)
+		}
+		if err := watchSupervisor(fd); err != nil {
+			return nil, err
+		}
+		a.watchFD = fd
+	}
 	return a, nil
+}
+
+// watchSupervisor makes the agent die with its supervisor: SIGKILL when the
+// thread that started the container exits (the supervisor's main thread),
+// and, since that may already have happened before the signal was set,
+// a check of the watch pipe right after: a hang-up means the supervisor is
+// gone. acceptLoop keeps watching the pipe.
+func watchSupervisor(fd int) error {
+	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL), 0, 0, 0); err != nil {
+		return fmt.Errorf("set the parent-death signal: %w", err)
+	}
+	if supervisorGone(fd, 0) {
+		return errors.New("the supervisor is gone")
+	}
+	return nil
+}
+
+// supervisorGone polls the watch pipe for up to ms milliseconds.
+func supervisorGone(fd, ms int) bool {
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	n, err := unix.Poll(fds, ms)
+	return err == nil && n > 0 && fds[0].Revents&(unix.POLLHUP|unix.POLLERR|unix.POLLIN) != 0
 }
 
 // closeOnExecAll marks every fd above stdio close-on-exec, so nothing the
@@ -159,6 +195,7 @@ func newAgent(build string, ttl time.Duration, oneShot bool) *agent {
 	now := time.Now()
 	return &agent{
 		lfd:      -1,
+		watchFD:  -1,
 		build:    build,
 		oneShot:  oneShot,
 		created:  now,
@@ -194,6 +231,9 @@ func (a *agent) finish(code int) {
 // accepted.
 func (a *agent) acceptLoop() {
 	fds := []unix.PollFd{{Fd: int32(a.lfd), Events: unix.POLLIN}}
+	if a.watchFD >= 0 {
+		fds = append(fds, unix.PollFd{Fd: int32(a.watchFD), Events: unix.POLLIN})
+	}
 	for {
 		timeout := a.pollTimeout()
 		if timeout == 0 {
@@ -208,6 +248,14 @@ func (a *agent) acceptLoop() {
 			fmt.Fprintln(os.Stderr, "lectic-nix-sandbox agent: poll:", err)
 			a.finish(125)
 			return
+		}
+		if len(fds) > 1 && fds[1].Revents != 0 {
+			fmt.Fprintln(os.Stderr, "lectic-nix-sandbox agent: the supervisor is gone; ending the container")
+			a.finish(125)
+			return
+		}
+		if fds[0].Revents&unix.POLLIN == 0 {
+			continue
 		}
 		fd, _, err := unix.Accept4(a.lfd, unix.SOCK_CLOEXEC)
 		if err == unix.EINTR || err == unix.ECONNABORTED || err == unix.EAGAIN {

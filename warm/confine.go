@@ -17,7 +17,7 @@ import (
 // Environment and fds that carry the confinement of commands from the
 // supervisor to the agent, and from the agent to its identity helpers.
 const (
-	// envSeccomp says that fd filterFD holds the compiled filter
+	// envSeccomp names the fd that holds the compiled filter
 	// (seccomp.Filter's binary form) every command runs under.
 	envSeccomp = "_LECTIC_NIX_SANDBOX_SECCOMP"
 	// envRlimitAS is RLIMIT_AS in bytes for every command (--memory where
@@ -29,8 +29,8 @@ const (
 	envExec = "_LECTIC_NIX_SANDBOX_EXEC"
 )
 
-// filterFD is where the agent and its helpers find the filter.
-const filterFD = 4
+// helperFilterFD is where an identity helper finds the filter.
+const helperFilterFD = 4
 
 // confinement is what every command of an agent runs under.
 type confinement struct {
@@ -49,24 +49,29 @@ func confinementFromEnv() (confinement, error) {
 		}
 		c.rlimitAS = n
 	}
-	if os.Getenv(envSeccomp) == "" {
+	v := os.Getenv(envSeccomp)
+	if v == "" {
 		return c, nil
 	}
-	f := os.NewFile(filterFD, "seccomp-filter")
+	fd, err := strconv.Atoi(v)
+	if err != nil || fd < 3 {
+		return c, fmt.Errorf("bad %s=%q", envSeccomp, v)
+	}
+	f := os.NewFile(uintptr(fd), "seccomp-filter")
 	filter, err := seccomp.ReadFilter(f)
 	if err != nil {
-		return c, fmt.Errorf("no seccomp filter at fd %d: %w", filterFD, err)
+		return c, fmt.Errorf("no seccomp filter at fd %d: %w", fd, err)
 	}
 	c.filter, c.filterFile = filter, f
 	return c, nil
 }
 
 // env is what a helper needs in its environment to inherit c; the filter
-// itself goes at filterFD.
+// itself goes at helperFilterFD.
 func (c confinement) env() []string {
 	var env []string
 	if c.filter != nil {
-		env = append(env, envSeccomp+"=1")
+		env = append(env, envSeccomp+"="+strconv.Itoa(helperFilterFD))
 	}
 	if c.rlimitAS > 0 {
 		env = append(env, envRlimitAS+"="+strconv.FormatUint(c.rlimitAS, 10))

@@ -29,9 +29,12 @@
 // interpreter was given; for argv[0] the 127 error carries it), which only
 // the client can check on the host before it shows the bind that would
 // make it visible. The client forwards SIGINT, SIGTERM and SIGHUP as "signal"
-// messages and sends SIGKILL when Request.Timeout expires (exit 124). When
-// the client's connection closes before the command ends (the client died,
-// even by SIGKILL) the agent kills the command's process group. "status"
+// messages and sends SIGTERM when Request.Timeout expires (exit 124). The
+// agent follows SIGTERM, SIGINT and SIGHUP with SIGKILL to what is left of
+// the command's process group after Request.KillAfter, and the client exits
+// 128+N (124 for the timeout). When the client's connection closes before
+// the command ends (the client died, even by SIGKILL) the agent kills the
+// command's process group. "status"
 // and "stop" messages serve List and Stop. The run message carries Proto
 // and the build id: an agent of another protocol or build answers with a
 // mismatch error and the client replaces it. A repeated invocation may make
@@ -54,7 +57,11 @@
 // namespace.Create with the agent as init (socket at fd 3), writes meta.json
 // and reports "ok" or one error line on a pipe. When the agent exits (TTL,
 // stop, crash) or the supervisor gets SIGTERM, it removes the socket first,
-// destroys the container and removes the dir.
+// destroys the container and removes the dir. When the supervisor dies
+// some other way, the container dies with it: the agent has a parent-death
+// signal and watches a pipe whose other end only the supervisor holds. A
+// dir whose alive lock is free is removed only after the agent meta.json
+// names (pid and start time) is gone.
 //
 // # Keeping the number of containers down
 //
@@ -85,9 +92,22 @@
 // itself (package netfwd) before the container, gives it to libcontainer
 // to join, and serves it for the container's life; the container's
 // /etc/resolv.conf names the sandbox's DNS. The agent gets the other end
-// of a report channel at fd 4: it keeps a copy of each running call's
+// of a report channel (an fd the supervisor names): it keeps a copy of each running call's
 // stderr, finds the call whose command holds a refused socket, and writes
 // the refusal there, once per host:port and call (netreport.go).
+//
+// # Confinement
+//
+// Every command runs under the container's seccomp filter (Spec.Seccomp;
+// package seccomp), which the agent itself does not run under. An identity
+// helper installs it on itself before it forks anything, so its commands
+// inherit it; root-mode commands also go through a helper (with the
+// agent's identity) when there is a filter. Commands the agent forks
+// itself go through the exec trampoline, which installs the filter in the
+// command's process and hands the listener back. Whoever holds a listener
+// answers its refusals and writes one line per system call name to the
+// call's stderr. The agent and helpers are not dumpable. --memory without a
+// cgroup is RLIMIT_AS, set by the trampoline for each command.
 //
 // # Identity
 //
@@ -104,7 +124,7 @@
 // command, forks it directly in a fresh nested namespace instead. For uid 0 (a caller who is host root)
 // the helper forks from a thread that dropped every capability, set
 // no_new_privs and locked securebits; if no helper can be started, such
-// commands go through a re-exec trampoline that does the same before execve.
+// commands go through the exec trampoline, which does the same before execve.
 // Supplementary groups are not set: a nested namespace made without a
 // privileged helper must deny setgroups.
 package warm

@@ -104,7 +104,7 @@ func (a *agent) helperFor(u *UserSpec) *helper {
 
 // startHelper starts a helper as key's uid/gid in a nested user namespace,
 // or the root helper as the agent itself. It inherits the agent's
-// confinement, the filter at filterFD.
+// confinement, the filter at helperFilterFD.
 func (a *agent) startHelper(key helperKey) (*helper, error) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {

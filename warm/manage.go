@@ -120,7 +120,7 @@ func clearIfStale(tempRoot, key string) error {
 	if supervisorAlive(dir) {
 		return nil
 	}
-	return removeWarmDir(dir)
+	return removeStaleDir(dir)
 }
 
 // Stop ends the warm container of key, or of every key for "all", and
@@ -187,7 +187,7 @@ func stopOne(tempRoot, key string) error {
 	if supervisorAlive(dir) {
 		return nil // a new container was started meanwhile
 	}
-	return removeWarmDir(dir)
+	return removeStaleDir(dir)
 }
 
 // askStop asks the agent to exit; its supervisor then cleans up.

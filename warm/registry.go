@@ -235,6 +235,42 @@ func waitGone(dir string, timeout time.Duration) bool {
 	return true
 }
 
+// removeStaleDir deletes a warm dir whose supervisor is gone (its alive
+// lock is free), once what the dir held is gone too: an agent that
+// outlived its supervisor (its parent-death signal should have ended it)
+// is ended first, so that no container runs on without a dir that
+// --list, --stop and --prune can see.
+func removeStaleDir(dir string) error {
+	if err := endOrphan(dir); err != nil {
+		return err
+	}
+	return removeWarmDir(dir)
+}
+
+// endOrphan kills the agent meta.json names, if that very process (pid
+// and start time) is still running, and waits until it is gone.
+func endOrphan(dir string) error {
+	m, err := readMeta(dir)
+	if err != nil || m.AgentPid <= 0 || m.AgentAt == 0 {
+		return nil
+	}
+	alive := func() bool {
+		at, err := startTime(m.AgentPid)
+		return err == nil && at == m.AgentAt
+	}
+	if !alive() {
+		return nil
+	}
+	_ = unix.Kill(m.AgentPid, unix.SIGKILL)
+	for deadline := time.Now().Add(5 * time.Second); alive(); {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the container of %s outlived its supervisor and did not end (agent pid %d); kill it and run again", dir, m.AgentPid)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return nil
+}
+
 // removeWarmDir deletes a warm dir whose supervisor is gone. Overlay leaves
 // its work dir without permissions, so modes are fixed first.
 func removeWarmDir(dir string) error {
@@ -260,6 +296,7 @@ type meta struct {
 	SupervisorPid int       `json:"supervisor_pid"`
 	SupervisorAt  uint64    `json:"supervisor_start"` // /proc/<pid>/stat field 22
 	AgentPid      int       `json:"agent_pid"`
+	AgentAt       uint64    `json:"agent_start"` // /proc/<pid>/stat field 22
 	TTLSeconds    int64     `json:"ttl_seconds"`
 	BuildID       string    `json:"build_id"`
 	Family        string    `json:"family,omitempty"`

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -25,6 +26,13 @@ import (
 
 // envSupervisor marks the supervisor process.
 const envSupervisor = "_LECTIC_NIX_SANDBOX_SUPERVISOR"
+
+// Fds of the agent besides stdio: the listening socket (listenFD), the
+// watch pipe, and the filter when commands have one.
+const (
+	agentWatchFD  = 4
+	agentFilterFD = 5
+)
 
 // Fds of the supervisor besides stdio.
 const (
@@ -83,7 +91,7 @@ func clearStale(ctx context.Context, dir string) error {
 			return fmt.Errorf("the sandbox supervisor (pid %d) of %s is alive but its agent does not answer; run lectic-nix-sandbox --stop %s", pid, dir, filepath.Base(dir))
 		}
 	}
-	return removeWarmDir(dir)
+	return removeStaleDir(dir)
 }
 
 // startSupervisor starts the supervisor for s in dir and waits until its
@@ -193,6 +201,7 @@ type supervisor struct {
 	spec  Spec
 	log   *os.File
 	alive *os.File
+	watch *os.File // held open for life: the agent ends when it closes
 	agent agentProc
 }
 
@@ -206,6 +215,11 @@ type agentProc interface {
 // RunSupervisor creates one container, serves as its owner until the agent
 // exits or it is told to stop, and removes every trace of it.
 func RunSupervisor() int {
+	// The container's init gets SIGKILL when the thread that started it
+	// exits (its parent-death signal, see namespace): that must be when
+	// this process dies and never before, so the container is created
+	// from the main thread, which lives as long as the process.
+	runtime.LockOSThread()
 	ready := os.NewFile(readyFD, "ready")
 	var ss supervisorSpec
 	err := json.NewDecoder(os.NewFile(specFD, "spec")).Decode(&ss)
@@ -254,7 +268,15 @@ func (sv *supervisor) start() error {
 	}
 	lf := os.NewFile(uintptr(lfd), sockName)
 	defer lf.Close() // the agent has its own copy
-	files := []*os.File{lf}
+	// The agent watches the read end of this pipe: it sees the pipe hang
+	// up when this process dies, however it dies (see agentFiles).
+	watchR, watchW, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("create the agent's watch pipe: %w", err)
+	}
+	defer watchR.Close()
+	sv.watch = watchW
+	files := []*os.File{lf, watchR}
 	filter, err := sv.spec.Seccomp.Filter(oci.DefaultCaps())
 	if err != nil {
 		return fmt.Errorf("seccomp profile: %w", err)
@@ -265,7 +287,7 @@ func (sv *supervisor) start() error {
 			return err
 		}
 		defer mf.Close()
-		files = append(files, mf) // filterFD
+		files = append(files, mf)
 	}
 	if sv.spec.Plain {
 		sv.agent, err = startPlainAgent(sv.spec, files, sv.log)
@@ -280,6 +302,7 @@ func (sv *supervisor) start() error {
 
 func (sv *supervisor) writeMeta() error {
 	at, _ := startTime(os.Getpid())
+	agentAt, _ := startTime(sv.agent.pid())
 	return writeMeta(sv.dir, &meta{
 		Key:           sv.spec.Key,
 		Image:         sv.spec.Image,
@@ -289,6 +312,7 @@ func (sv *supervisor) writeMeta() error {
 		SupervisorPid: os.Getpid(),
 		SupervisorAt:  at,
 		AgentPid:      sv.agent.pid(),
+		AgentAt:       agentAt,
 		TTLSeconds:    int64(sv.spec.TTL / time.Second),
 		BuildID:       sv.spec.BuildID,
 		Family:        sv.spec.Family,
@@ -354,15 +378,20 @@ func agentEnv(s Spec) []string {
 	if s.OneShot {
 		env = append(env, envOneShot+"=1")
 	}
-	// Fds after the listening socket (3): the filter, then the report
-	// channel, each only when there is one.
-	next := 4
+	// Fds after the listening socket (3) and the watch pipe (4): the
+	// filter, then the report channel, each only when there is one.
+	env = append(env, envWatch+"="+strconv.Itoa(agentWatchFD))
+	next := agentFilterFD
 	if s.Seccomp.Mode != "" && s.Seccomp.Mode != "off" {
-		env = append(env, envSeccomp+"=1") // at filterFD
+		env = append(env, envSeccomp+"="+strconv.Itoa(agentFilterFD))
 		next++
 	}
 	if s.Net != nil {
 		env = append(env, envReports+"="+strconv.Itoa(next))
+	}
+	// No cgroup holds the memory limit: each command gets it as RLIMIT_AS.
+	if l := s.Create.Config.Limits; l.Memory > 0 && !l.Cgroup {
+		env = append(env, envRlimitAS+"="+strconv.FormatInt(l.Memory, 10))
 	}
 	return env
 }

@@ -39,8 +39,14 @@ func runInSandbox(ctx context.Context, c sandboxCall) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	limits, storage, warning := containerLimits(c.opts)
+	if warning != "" {
+		fmt.Fprintln(c.stderr, "lectic-nix-sandbox: warning: "+warning)
+		c.opts.warnings = append(c.opts.warnings, warning) // the fast path says it too
+	}
 	target := homeTarget(c.caller)
-	shape := append(shapeParts(c, target), "seccomp="+filter.id)
+	shape := append(shapeParts(c, target), "seccomp="+filter.id,
+		fmt.Sprintf("limits=%d:%d:%d:%t:%s", limits.Pids, limits.Memory, storage, limits.Cgroup, limits.CgroupParent))
 	key := warm.Key(append(imageParts(c, buildID), shape...)...)
 	spec := warm.Spec{
 		Key:     key,
@@ -66,7 +72,8 @@ func runInSandbox(ctx context.Context, c sandboxCall) (int, error) {
 			AllowNet:   c.opts.allowNet,
 			ResolvConf: resolvConf(c.opts.allowNet),
 			NoFile:     noFileLimit(),
-		}},
+			Limits:     limits,
+		}, StorageSize: storage},
 		Net: c.opts.net,
 	}
 	// The agent binary is only needed when a container is created; warm
@@ -222,6 +229,36 @@ func resolvConf(allowNet bool) string {
 		return ""
 	}
 	return "/etc/resolv.conf"
+}
+
+// containerLimits turns --pids-limit, --memory and --storage-size into the
+// container's limits, with what can hold them here (namespace.PlanLimits),
+// and a warning when --memory can only be a per-process limit.
+func containerLimits(o options) (l oci.Limits, storage int64, warning string) {
+	plan := namespace.PlanLimits()
+	l = oci.Limits{Pids: o.pidsLimit, Memory: o.memory, Cgroup: plan.Cgroup, CgroupParent: plan.Parent}
+	// RLIMIT_NPROC cannot be raised above the caller's own hard limit.
+	var r unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_NPROC, &r) == nil && r.Max < uint64(l.Pids) {
+		l.Pids = int64(r.Max)
+	}
+	if o.memory > 0 && !plan.Cgroup {
+		warning = "--memory is a per-process address-space limit (RLIMIT_AS) here, not a limit of the container: " + plan.Why
+	}
+	storage = o.storageSize
+	if storage == 0 {
+		storage = defaultStorageSize()
+	}
+	return l, storage, warning
+}
+
+// defaultStorageSize is a quarter of the machine's memory.
+func defaultStorageSize() int64 {
+	var si unix.Sysinfo_t
+	if unix.Sysinfo(&si) != nil {
+		return 0 // the kernel's default, half of RAM
+	}
+	return int64(si.Totalram) * int64(si.Unit) / 4
 }
 
 // noFileLimit passes the caller's open-file limit on, so tools behave in the

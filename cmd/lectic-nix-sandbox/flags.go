@@ -30,6 +30,9 @@ type options struct {
 	timeout      time.Duration
 	killAfter    time.Duration
 	seccomp      string // "default", "off" or a profile file
+	pidsLimit    int64
+	storageSize  int64 // 0: defaultStorageSize
+	memory       int64 // 0: no limit
 	user         string
 	refresh      bool
 	nixExe       string
@@ -75,6 +78,18 @@ const maxWarmTTL = int64(flagvalue.Year / time.Second)
 // defaultKillAfter is the grace period after SIGTERM, SIGINT or --timeout.
 const defaultKillAfter = 2 * time.Second
 
+// Limits of a container. The sandbox's own processes (supervisor, agent,
+// identity helpers: Go programs of a few threads each) count towards the
+// pids limit, hence its floor.
+const (
+	defaultPidsLimit = 4096
+	minPidsLimit     = 64
+	maxPidsLimit     = 1 << 22 // the kernel's highest pid_max
+	minStorageSize   = 16 << 20
+	minMemory        = 16 << 20
+	maxSize          = 1 << 50
+)
+
 // defaultMaxWarm and maxMaxWarm bound --max-warm: idle warm containers
 // kept per user (each holds about 10 MB).
 const (
@@ -84,7 +99,7 @@ const (
 
 func defaultOptions() options {
 	return options{keepWarm: true, warmTTL: defaultWarmTTL, maxWarm: defaultMaxWarm, user: "caller",
-		killAfter: defaultKillAfter, seccomp: "default"}
+		killAfter: defaultKillAfter, seccomp: "default", pidsLimit: defaultPidsLimit}
 }
 
 // parseMaxWarm takes a plain whole number from 1 to maxMaxWarm: no sign,
@@ -157,6 +172,30 @@ var flagTable = []flagSpec{
 			return &usageError{err.Error()}
 		}
 		o.killAfter = d
+		return nil
+	}},
+	{names: []string{"--pids-limit"}, takesValue: true, apply: func(o *options, n, v string) error {
+		l, err := flagvalue.Int(n, v, minPidsLimit, maxPidsLimit, "processes")
+		if err != nil {
+			return &usageError{err.Error()}
+		}
+		o.pidsLimit = l
+		return nil
+	}},
+	{names: []string{"--storage-size"}, takesValue: true, apply: func(o *options, n, v string) error {
+		l, err := flagvalue.Size(n, v, minStorageSize, maxSize)
+		if err != nil {
+			return &usageError{err.Error()}
+		}
+		o.storageSize = l
+		return nil
+	}},
+	{names: []string{"--memory"}, takesValue: true, apply: func(o *options, n, v string) error {
+		l, err := flagvalue.Size(n, v, minMemory, maxSize)
+		if err != nil {
+			return &usageError{err.Error()}
+		}
+		o.memory = l
 		return nil
 	}},
 	{names: []string{"--seccomp"}, takesValue: true, apply: func(o *options, n, v string) error {
@@ -316,6 +355,13 @@ Sandbox:
                                1h30m), 1ms to 1 year
       --kill-after DURATION    after SIGTERM, SIGINT or --timeout, SIGKILL what is left
                                of the command after DURATION (default 2s; 0 = at once)
+      --pids-limit N           processes (threads count) the whole container may
+                               have, the sandbox's own included (default 4096)
+      --storage-size SIZE      memory for everything the container writes outside
+                               its binds: the root's upper layer, /tmp, /run,
+                               /var/tmp, /dev/shm together (default 25% of RAM)
+      --memory SIZE            memory limit: the container's cgroup where one can
+                               hold it, else per process (RLIMIT_AS); see --doctor
       --seccomp default|off|FILE
                                system call filter: the default profile, none, or an
                                OCI/Docker seccomp JSON profile (as podman takes)

@@ -70,6 +70,27 @@ func TestParseArgs(t *testing.T) {
 		{name: "ttl past a year", args: []string{"--warm-ttl-seconds", "9223372037", "true"}, wantErr: `--warm-ttl-seconds "9223372037": want a whole number of seconds from 0 to 31536000 (see --help)`},
 		{name: "timeout as a duration", args: []string{"--timeout=2m", "true"},
 			want: func(o *options) { o.timeout = 2 * time.Minute; o.command = []string{"true"}; o.optWords = 1 }},
+		{name: "kill-after", args: []string{"--kill-after", "500ms", "--seccomp", "off", "true"},
+			want: func(o *options) {
+				o.killAfter, o.seccomp = 500*time.Millisecond, "off"
+				o.command, o.optWords = []string{"true"}, 4
+			}},
+		{name: "kill-after 0", args: []string{"--kill-after", "0", "--seccomp", "/p.json", "true"},
+			want: func(o *options) {
+				o.killAfter, o.seccomp = 0, "/p.json"
+				o.command, o.optWords = []string{"true"}, 4
+			}},
+		{name: "limits", args: []string{"--pids-limit", "100", "--storage-size", "1.5G", "--memory", "512M", "true"},
+			want: func(o *options) {
+				o.pidsLimit, o.storageSize, o.memory = 100, 3<<29, 512<<20
+				o.command, o.optWords = []string{"true"}, 6
+			}},
+		{name: "pids-limit too low", args: []string{"--pids-limit", "10", "true"}, wantErr: `--pids-limit "10": want a whole number of processes from 64 to 4194304 (see --help)`},
+		{name: "pids-limit not a number", args: []string{"--pids-limit", "1e3", "true"}, wantErr: `--pids-limit "1e3": want a whole number of processes from 64 to 4194304 (see --help)`},
+		{name: "storage-size unit", args: []string{"--storage-size", "10x", "true"}, wantErr: `--storage-size "10x": want a size from 16MiB to 1024TiB, in bytes or with a unit (512M, 1.5G; K, M, G, T are powers of 1024) (see --help)`},
+		{name: "memory negative", args: []string{"--memory", "-1", "true"}, wantErr: `--memory "-1": want a size from 16MiB to 1024TiB, in bytes or with a unit (512M, 1.5G; K, M, G, T are powers of 1024) (see --help)`},
+		{name: "bad kill-after", args: []string{"--kill-after", "-1", "true"}, wantErr: `--kill-after "-1": want a duration from 0s to 1 year, in seconds (30, 0.5) or with a unit (250ms, 2m, 1h30m) (see --help)`},
+		{name: "empty seccomp", args: []string{"--seccomp", "", "true"}, wantErr: `--seccomp: want default, off or the path of a seccomp profile (OCI/Docker JSON) (see --help)`},
 		{name: "bad timeout", args: []string{"--timeout", "soon", "true"}, wantErr: `--timeout "soon": want a duration from 1ms to 1 year, in seconds (30, 0.5) or with a unit (250ms, 2m, 1h30m) (see --help)`},
 		{name: "NaN timeout", args: []string{"--timeout", "NaN", "true"}, wantErr: `--timeout "NaN": want a duration from 1ms to 1 year, in seconds (30, 0.5) or with a unit (250ms, 2m, 1h30m) (see --help)`},
 		{name: "bad env", args: []string{"--env", "=x", "true"}, wantErr: `--env "=x": want NAME or NAME=VALUE (see --help)`},

@@ -171,6 +171,8 @@ func forkloop(n, hold int) {
 	}
 	fmt.Printf("started %d\n", started)
 	report("fork", last)
+	// The sleepers stay while the caller counts them.
+	time.Sleep(time.Duration(hold) * time.Second / 2)
 	for _, p := range procs {
 		p.Kill()
 		p.Wait()
