@@ -3,6 +3,7 @@ package seccomp
 import (
 	"fmt"
 	"runtime"
+	"sync"
 )
 
 // Audit architecture values (linux/audit.h) that a filter compares with
@@ -22,11 +23,22 @@ type Arch struct {
 	Name      string // GOARCH
 	AuditArch uint32
 	names     []string // system call number -> name; "" for a hole
-	numbers   map[string]uint32
+	// numbers is names inverted, built when first needed (compiling a
+	// profile): an agent that only installs a filter never needs it.
+	numbersOnce sync.Once
+	numbers     map[string]uint32
 }
 
 // Syscall returns the number of a system call by name.
 func (a *Arch) Syscall(name string) (uint32, bool) {
+	a.numbersOnce.Do(func() {
+		a.numbers = make(map[string]uint32, len(a.names))
+		for nr, n := range a.names {
+			if n != "" {
+				a.numbers[n] = uint32(nr)
+			}
+		}
+	})
 	nr, ok := a.numbers[name]
 	return nr, ok
 }
@@ -44,13 +56,7 @@ func (a *Arch) SyscallName(nr int32) string {
 func (a *Arch) maxSyscall() uint32 { return uint32(len(a.names)) }
 
 func newArch(name string, audit uint32, names []string) *Arch {
-	a := &Arch{Name: name, AuditArch: audit, names: names, numbers: make(map[string]uint32, len(names))}
-	for nr, n := range names {
-		if n != "" {
-			a.numbers[n] = uint32(nr)
-		}
-	}
-	return a
+	return &Arch{Name: name, AuditArch: audit, names: names}
 }
 
 // ArchFor returns the architecture of a GOARCH name (amd64 or arm64).

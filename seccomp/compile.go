@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/net/bpf"
@@ -43,9 +44,12 @@ type Filter struct {
 	// go to a listener as SECCOMP_RET_USER_NOTIF, so they can be reported.
 	notify []bpf.RawInstruction
 	// decide is the same program with the refusals as errnos; a listener
-	// runs it to learn which errno a notified call gets.
+	// runs it to learn which errno a notified call gets. It is assembled
+	// (decideRaw) and loaded into a VM only when the first refusal needs
+	// it: a container that refuses nothing never pays for it.
+	decideRaw  []bpf.RawInstruction
+	decideOnce sync.Once
 	decide     *bpf.VM
-	decideProg []bpf.Instruction
 }
 
 // rule is one alternative for a system call: all conds hold -> action.
@@ -96,19 +100,23 @@ func Compile(p *specs.LinuxSeccomp, arch *Arch) (*Filter, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := f.setDecide(plain); err != nil {
-		return nil, err
+	if f.decideRaw, err = bpf.Assemble(plain); err != nil {
+		return nil, fmt.Errorf("assemble the seccomp filter: %w", err)
+	}
+	if _, err := bpf.NewVM(plain); err != nil {
+		return nil, fmt.Errorf("check the seccomp filter: %w", err)
 	}
 	return f, nil
 }
 
-func (f *Filter) setDecide(prog []bpf.Instruction) error {
-	vm, err := bpf.NewVM(prog)
-	if err != nil {
-		return fmt.Errorf("check the seccomp filter: %w", err)
-	}
-	f.decide, f.decideProg = vm, prog
-	return nil
+// vm returns the deciding program's VM, loading it the first time.
+func (f *Filter) vm() *bpf.VM {
+	f.decideOnce.Do(func() {
+		if prog, ok := bpf.Disassemble(f.decideRaw); ok {
+			f.decide, _ = bpf.NewVM(prog)
+		}
+	})
+	return f.decide
 }
 
 // argGroups splits a rule's argument conditions into alternatives as runc
@@ -340,7 +348,11 @@ type Decision struct {
 // Decide runs the filter (with errnos in place of notifications) on one
 // system call, as the kernel would.
 func (f *Filter) Decide(d *Data) Decision {
-	v, err := f.decide.Run(d.bigEndian())
+	vm := f.vm()
+	if vm == nil {
+		return Decision{Errno: unix.EPERM, Ret: retErrno | uint32(unix.EPERM)}
+	}
+	v, err := vm.Run(d.bigEndian())
 	if err != nil {
 		return Decision{Errno: unix.EPERM, Ret: retErrno | uint32(unix.EPERM)}
 	}

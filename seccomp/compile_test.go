@@ -8,13 +8,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// containerCaps is podman's default set, which the sandbox's root mode
-// holds (oci.DefaultCaps; not imported, to keep this package free of it).
-var containerCaps = []string{
-	"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
-	"CAP_NET_BIND_SERVICE", "CAP_SETFCAP", "CAP_SETGID", "CAP_SETPCAP",
-	"CAP_SETUID", "CAP_SYS_CHROOT",
-}
+// containerCaps is podman's default set, which the sandbox's root mode holds.
+var containerCaps = ContainerCaps()
 
 func defaultFilter(t testing.TB, goarch string) *Filter {
 	t.Helper()

@@ -52,10 +52,7 @@ const magic = "LNSBPF1\x00"
 
 // MarshalBinary encodes the filter in native byte order.
 func (f *Filter) MarshalBinary() ([]byte, error) {
-	decide, err := bpf.Assemble(f.decideProg)
-	if err != nil {
-		return nil, err
-	}
+	decide := f.decideRaw
 	b := []byte(magic)
 	for _, v := range []uint32{f.Arch.AuditArch, uint32(len(f.notify)), uint32(len(decide)), 0} {
 		b = binary.NativeEndian.AppendUint32(b, v)
@@ -77,6 +74,10 @@ func UnmarshalFilter(b []byte) (*Filter, error) {
 	if err != nil {
 		return nil, err
 	}
+	return unmarshalFor(arch, b)
+}
+
+func unmarshalFor(arch *Arch, b []byte) (*Filter, error) {
 	if len(b) < 24 || string(b[:8]) != magic {
 		return nil, errors.New("not a compiled seccomp filter")
 	}
@@ -96,15 +97,9 @@ func UnmarshalFilter(b []byte) (*Filter, error) {
 		}
 		return out
 	}
-	f := &Filter{Arch: arch, notify: read(24, nk)}
-	prog, ok := bpf.Disassemble(read(24+8*nk, nd))
-	if !ok {
-		return nil, errors.New("the compiled seccomp filter has an unknown instruction")
-	}
-	if err := f.setDecide(prog); err != nil {
-		return nil, err
-	}
-	return f, nil
+	// The deciding program is checked when the first refusal needs it:
+	// the binary form comes from this program's own supervisor.
+	return &Filter{Arch: arch, notify: read(24, nk), decideRaw: read(24+8*nk, nd)}, nil
 }
 
 // Memfd returns the binary form in a sealed memory file, to hand to other

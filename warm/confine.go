@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -319,6 +320,13 @@ func (p SeccompPolicy) Filter(caps []string) (*seccomp.Filter, error) {
 	case "", "off":
 		return nil, nil
 	case "default":
+		if slices.Equal(caps, seccomp.ContainerCaps()) {
+			arch, err := seccomp.Native()
+			if err != nil {
+				return nil, err
+			}
+			return seccomp.DefaultFilter(arch) // precompiled
+		}
 		prof = seccomp.Default()
 	case "file":
 		var err error

@@ -15,6 +15,9 @@
 //	client_startup  `lectic-nix-sandbox --version`: the client's own start-up
 //	warm_exec       `true` into the warm container (served by the fast path
 //	                once the image file is older than its racy window)
+//	warm_exec_unconfined  as warm_exec with `--seccomp off` (its own warm
+//	                container), timed alternately with warm_exec: what the
+//	                default filter and limits cost
 //	warm_exec_sh    `sh -c 'echo hi'` into it (output checked once)
 //	parallel_16     16 clients at once into it; per-call latency
 //	parallel_16_bare  the same 16 clients running host busybox `true`, no
@@ -32,6 +35,9 @@
 //	                which must complete
 //	nix_fast_path   `--flake` of an offline fixture flake, unchanged, warm
 //	cold_start      `--no-keep-warm true` with the rootfs cached, after --stop all
+//	*_baseline      with -baseline BIN (another build, say of the previous
+//	                commit): warm_exec and cold_start of that build, timed
+//	                alternately with this one's
 //	first_start     `--no-keep-warm true` with empty cache and temp dirs
 //	bwrap           a fresh `bwrap --unshare-all` over the rootfs --load unpacked
 //	podman_load     first `podman load` into an empty vfs store

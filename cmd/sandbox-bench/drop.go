@@ -93,6 +93,11 @@ func runDropped(ctx context.Context, o options, stdout, stderr io.Writer) error 
 	if o.netprobe, err = stageFile(o.netprobe, filepath.Join(stage, "netprobe")); err != nil {
 		return fmt.Errorf("-netprobe: %w", err)
 	}
+	if o.baseline != "" {
+		if o.baseline, err = stageFile(o.baseline, filepath.Join(stage, "baseline")); err != nil {
+			return fmt.Errorf("-baseline: %w", err)
+		}
+	}
 	if o.image != "" {
 		if o.image, err = stageFile(o.image, filepath.Join(stage, "image")); err != nil {
 			return fmt.Errorf("-image: %w", err)
@@ -163,6 +168,9 @@ func childArgs(o options) []string {
 	}
 	if o.netprobe != "" {
 		args = append(args, "-netprobe", o.netprobe)
+	}
+	if o.baseline != "" {
+		args = append(args, "-baseline", o.baseline)
 	}
 	if o.quick {
 		args = append(args, "-quick")

@@ -26,6 +26,7 @@ type options struct {
 	imageMB  int
 	budget   time.Duration
 	only     []string // scenario names; empty: all
+	baseline string   // another build, for the *_baseline scenarios
 }
 
 func main() {
@@ -70,6 +71,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var o options
 	fs.StringVar(&o.bin, "bin", "", "sandbox binary (default: build ./cmd/lectic-nix-sandbox from the module in the current directory)")
 	fs.StringVar(&o.netprobe, "netprobe", "", "static network client of the network scenarios (default: build ./cmd/sandbox-bench/netprobe with CGO_ENABLED=0)")
+	fs.StringVar(&o.baseline, "baseline", "", "another build of the sandbox (say, of the previous commit): cold_start and warm_exec are also measured with it, interleaved, as *_baseline")
 	fs.StringVar(&o.image, "image", "", "image archive to run (default: a generated busybox docker-archive of -image-mb)")
 	fs.StringVar(&o.out, "out", "bench-results", "directory for results.json and results.svg")
 	fs.StringVar(&o.user, "user", "", "when started as root, measure as this user (default: sandboxtest if it exists, else nobody)")

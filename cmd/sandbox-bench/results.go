@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"math"
 	"strings"
 )
 
@@ -63,6 +64,8 @@ var goals = []Goal{
 	{Text: "warm_exec_allowlist <= 1.1x warm_exec (its alternating calls)", Over: []string{"warm_exec_alternating"}, Under: "warm_exec_allowlist", Threshold: 1.1, AtMost: true},
 	{Text: "net_connect adds <= 1 ms per connection to net_connect_direct", Over: []string{"net_connect_direct"}, Under: "net_connect", Threshold: 1, Added: true},
 	{Text: "net_download_256m >= 70% of net_download_256m_direct's throughput", Over: []string{"net_download_256m_direct"}, Under: "net_download_256m", Threshold: 0.7},
+	{Text: "warm_exec (seccomp filter and limits) <= 1.1x warm_exec_unconfined", Over: []string{"warm_exec_unconfined"}, Under: "warm_exec", Threshold: 1.1, AtMost: true},
+	{Text: "cold_start adds <= 2 ms to cold_start_baseline (-baseline: the previous build)", Over: []string{"cold_start_baseline"}, Under: "cold_start", Threshold: 2, Added: true},
 }
 
 // GoalResult is a Goal evaluated against a Report.
@@ -208,6 +211,6 @@ func (r Report) scenarioJSON(res Result) scenarioJSON {
 
 // round3 keeps microsecond resolution; more digits are noise.
 func round3(v float64) *float64 {
-	x := float64(int64(v*1000+0.5)) / 1000
+	x := math.Round(v*1000) / 1000 // negative too: a build faster than its baseline
 	return &x
 }

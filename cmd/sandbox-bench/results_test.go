@@ -126,6 +126,9 @@ func TestGoals(t *testing.T) {
 		{"parallel p99 10x warm p50 misses 5x", func(r *Report) { addParallel(r, 10, 20) }, 4, false, 10, false},
 		{"missing parallel makes the tail goal n/a", nil, 4, false, 0, true},
 		{"missing podman makes goal n/a", func(r *Report) { setMissing(r, "podman_exec") }, 0, false, 0, true},
+		{"filter costs 5% of a warm call", func(r *Report) { addResult(r, "warm_exec_unconfined", 2/1.05) }, unconfinedGoal, true, 1.05, false},
+		{"filter costs 20% of a warm call", func(r *Report) { addResult(r, "warm_exec_unconfined", 2/1.2) }, unconfinedGoal, false, 1.2, false},
+		{"no unconfined run makes the filter goal n/a", nil, unconfinedGoal, false, 0, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -191,6 +194,38 @@ func setP50(r *Report, name string, v float64) {
 func addParallel(r *Report, p50, p99 float64) {
 	r.Results = append(r.Results, Result{Name: "parallel_16", Kind: kindSandbox,
 		Summary: Summary{P50: p50, P90: p99, P99: p99, Mean: p50, Min: p50, Max: p99, N: 10}})
+}
+
+// unconfinedGoal and baselineGoal are the places of the filter's goals.
+var unconfinedGoal, baselineGoal = goalIndex("warm_exec_unconfined"), goalIndex("cold_start_baseline")
+
+func goalIndex(over string) int {
+	for i, g := range goals {
+		if len(g.Over) == 1 && g.Over[0] == over {
+			return i
+		}
+	}
+	return -1
+}
+
+// TestBaselineGoal: cold_start may add at most 2 ms to the previous build's.
+func TestBaselineGoal(t *testing.T) {
+	for _, c := range []struct {
+		baseline float64
+		met      bool
+	}{{18.5, true}, {17, false}, {21, true}} {
+		r := sampleReport()
+		addResult(&r, "cold_start_baseline", c.baseline)
+		g := r.Goals()[baselineGoal]
+		if g.Met != c.met || g.AddedMS == nil || math.Abs(*g.AddedMS-(20-c.baseline)) > 1e-9 {
+			t.Errorf("baseline %v: %+v", c.baseline, g)
+		}
+	}
+}
+
+func addResult(r *Report, name string, p50 float64) {
+	r.Results = append(r.Results, Result{Name: name, Kind: kindSandbox,
+		Summary: Summary{P50: p50, P90: p50, P99: p50, Mean: p50, Min: p50, Max: p50, N: 10}})
 }
 
 func setMissing(r *Report, name string) {

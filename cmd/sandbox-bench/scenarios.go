@@ -33,13 +33,13 @@ func (b *bench) runAll(ctx context.Context) []Result {
 	var rootfs string
 	var loadErr error
 	run([]string{"bwrap"}, func() []Result { rootfs, loadErr = b.load(ctx); return nil })
-	run([]string{"warm_exec"}, one(b.warmExec))
+	run([]string{"warm_exec", "warm_exec_unconfined", "warm_exec_baseline"}, func() []Result { return b.warmExec(ctx) })
 	run([]string{"warm_exec_sh"}, one(b.warmExecSh))
 	run([]string{"parallel_16"}, one(b.parallel16))
 	run([]string{"parallel_16_bare"}, one(b.parallel16Bare))
 	run(netScenarioNames, func() []Result { return b.netScenarios(ctx) })
 	run([]string{"nix_fast_path"}, one(b.nixFastPath))
-	run([]string{"cold_start"}, one(b.coldStart))
+	run([]string{"cold_start", "cold_start_baseline"}, func() []Result { return b.coldStart(ctx) })
 	run([]string{"first_start"}, one(b.firstStart))
 	run([]string{"bwrap"}, func() []Result { return []Result{b.bwrap(ctx, rootfs, loadErr)} })
 	run([]string{"podman_load", "podman_run", "podman_exec"}, func() []Result { return b.podman(ctx) })
@@ -130,23 +130,73 @@ func verify(ctx context.Context, p proc, wantStdout string) error {
 	return nil
 }
 
-func (b *bench) warmExec(ctx context.Context) Result {
+// warmExec measures warm_exec, and interleaved with it (so that both see
+// the same machine) warm_exec_unconfined (--seccomp off) and, with
+// -baseline, warm_exec_baseline: what the filter costs, and what the
+// previous build does.
+func (b *bench) warmExec(ctx context.Context) []Result {
 	p := b.sandbox(b.warmArgs("true")...)
 	r := Result{Name: "warm_exec", Kind: kindSandbox, Command: shellJoin(p.argv[1:]),
 		Counterpart: []string{"podman_exec"}, Note: "into the warm container started by an untimed first call"}
-	b.logf("warm_exec")
+	pu := b.sandbox(append([]string{"--seccomp", "off"}, b.warmArgs("true")...)...)
+	ru := Result{Name: "warm_exec_unconfined", Kind: kindSandbox, Command: shellJoin(pu.argv[1:]),
+		Counterpart: []string{"podman_exec"}, Note: "as warm_exec, without the seccomp filter, measured alternately with it"}
+	runs := []*pairRun{{r: &r, p: p}, {r: &ru, p: pu}}
+	if b.o.baseline != "" {
+		pb := p
+		pb.argv = append([]string{b.o.baseline}, p.argv[1:]...)
+		rb := Result{Name: "warm_exec_baseline", Kind: kindSandbox, Command: shellJoin(pb.argv[1:]),
+			Counterpart: []string{"podman_exec"}, Note: "as warm_exec with the -baseline build, measured alternately with it"}
+		runs = append(runs, &pairRun{r: &rb, p: pb})
+	}
+	b.logf("warm_exec, warm_exec_unconfined")
 	if err := b.settle(ctx, b.image); err != nil {
-		return b.record(r, nil, err)
+		return b.recordAll(runs, err)
 	}
-	if err := verify(ctx, p, ""); err != nil {
-		return b.record(r, nil, err)
+	for _, pr := range runs {
+		if err := verify(ctx, pr.p, ""); err != nil {
+			return b.recordAll(runs, err)
+		}
+		pr.r.Note += b.fastPathNote(ctx, pr.p)
 	}
-	r.Note += b.fastPathNote(ctx, p)
-	samples, err := b.measure(ctx, b.plan.Fast, b.timed(p))
+	err := b.measureAlternately(ctx, b.plan.Fast, runs)
 	if err == nil {
 		err = b.checkWarm(ctx)
 	}
-	return b.record(r, samples, err)
+	return b.recordAll(runs, err)
+}
+
+// pairRun is one scenario of an alternating measurement.
+type pairRun struct {
+	r       *Result
+	p       proc
+	samples []time.Duration
+}
+
+// measureAlternately times the runs in turn, iters rounds, so slow minutes
+// of a shared machine fall on all of them alike.
+func (b *bench) measureAlternately(ctx context.Context, iters int, runs []*pairRun) error {
+	_, err := b.measure(ctx, iters, func(int) (time.Duration, error) {
+		var total time.Duration
+		for _, pr := range runs {
+			d, err := b.l.Time(pr.p)
+			if err != nil {
+				return 0, err
+			}
+			pr.samples = append(pr.samples, d)
+			total += d
+		}
+		return total, nil
+	})
+	return err
+}
+
+func (b *bench) recordAll(runs []*pairRun, err error) []Result {
+	out := make([]Result, len(runs))
+	for i, pr := range runs {
+		out[i] = b.record(*pr.r, pr.samples, err)
+	}
+	return out
 }
 
 // checkWarm makes sure warm_exec was warm: with no container listed, every
@@ -286,23 +336,35 @@ func (b *bench) nixFastPath(ctx context.Context) Result {
 	return b.record(r, samples, err)
 }
 
-func (b *bench) coldStart(ctx context.Context) Result {
+// coldStart measures cold_start and, with -baseline, cold_start_baseline,
+// alternately.
+func (b *bench) coldStart(ctx context.Context) []Result {
 	p := b.sandbox("--image", b.image, "--no-keep-warm", "true")
 	r := Result{Name: "cold_start", Kind: kindSandbox, Command: shellJoin(p.argv[1:]),
 		Counterpart: []string{"podman_run"},
 		Note:        "rootfs cached, no warm container: warm ones stopped with --stop all first, and --no-keep-warm leaves none behind"}
+	runs := []*pairRun{{r: &r, p: p}}
+	if b.o.baseline != "" {
+		pb := p
+		pb.argv = append([]string{b.o.baseline}, p.argv[1:]...)
+		rb := Result{Name: "cold_start_baseline", Kind: kindSandbox, Command: shellJoin(pb.argv[1:]),
+			Counterpart: []string{"podman_run"}, Note: "as cold_start with the -baseline build, measured alternately with it"}
+		runs = append(runs, &pairRun{r: &rb, p: pb})
+	}
 	b.logf("cold_start")
 	if _, err := Output(ctx, b.sandbox("--stop", "all"), nil); err != nil {
-		return b.record(r, nil, fmt.Errorf("stop the warm containers first: %w", err))
+		return b.recordAll(runs, fmt.Errorf("stop the warm containers first: %w", err))
 	}
-	if err := verify(ctx, p, ""); err != nil {
-		return b.record(r, nil, err)
+	for _, pr := range runs {
+		if err := verify(ctx, pr.p, ""); err != nil {
+			return b.recordAll(runs, err)
+		}
 	}
-	samples, err := b.measure(ctx, b.plan.Fast, b.timed(p))
+	err := b.measureAlternately(ctx, b.plan.Fast, runs)
 	if err == nil {
 		err = b.checkNothingWarm(ctx)
 	}
-	return b.record(r, samples, err)
+	return b.recordAll(runs, err)
 }
 
 // checkNothingWarm makes sure cold_start was cold: had --no-keep-warm left
