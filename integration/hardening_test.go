@@ -539,3 +539,56 @@ func TestSupervisorKilledLeavesNothing(t *testing.T) {
 		}
 	})
 }
+
+// ordinaryWork is what a tool call does every day: threads, processes,
+// sockets, git, a C compiler, Python, Node and a Nix build (single-user,
+// no sandbox, in a store of its own), on the host image.
+const ordinaryWork = `set -e
+python3 -c 'import threading, subprocess, socket, multiprocessing as mp
+t = threading.Thread(target=lambda: None); t.start(); t.join()
+subprocess.run(["true"], check=True); socket.socket().close(); socket.socketpair()
+print("python", sum(mp.Pool(2).map(abs, [-1, -2])))'
+cd "$(mktemp -d)"
+git init -q . && git -c user.name=t -c user.email=t@t commit -q --allow-empty -m x && echo git $(git log --oneline | wc -l)
+printf '#include <stdio.h>\n#include <pthread.h>\nstatic void *f(void *a) { return a; }\nint main(void) { pthread_t t; pthread_create(&t, 0, f, 0); pthread_join(t, 0); puts("c ok"); return 0; }\n' > a.c
+gcc -pthread -o a a.c && ./a
+node -e 'const { Worker } = require("worker_threads"); require("child_process").execSync("true"); new Worker("1", { eval: true }).on("exit", () => console.log("node ok"))'
+export NIX_CONFIG='sandbox = false
+build-users-group =
+substituters =' NIX_REMOTE=local NIX_STORE_DIR=$PWD/nix/store NIX_STATE_DIR=$PWD/nix/var NIX_LOG_DIR=$PWD/nix/log NIX_CONF_DIR=$PWD/nix/etc
+mkdir -p nix/store nix/var nix/etc
+cat "$(nix-build --quiet --no-out-link -E 'derivation { name = "x"; system = builtins.currentSystem; builder = "/bin/sh"; args = ["-c" "echo nix ok > $out"]; }')"`
+
+// TestOrdinaryWorkUnderFilter: the default filter leaves ordinary work
+// alone, and says nothing about it.
+func TestOrdinaryWorkUnderFilter(t *testing.T) {
+	for _, tool := range []string{"python3", "git", "gcc", "node", "nix-build"} {
+		requireTool(t, tool)
+	}
+	forEachUser(t, func(t *testing.T, u *testUser) {
+		for _, m := range modes {
+			for _, who := range users[:2] {
+				t.Run(m.name+"/"+who.name, func(t *testing.T) {
+					wd := u.workdir(t)
+					args := append(append(append([]string{"--image", "host", "-d", wd}, m.pre...), who.pre...), "sh", "-c", ordinaryWork)
+					r := u.run(context.Background(), t, runOpts{dir: wd}, args...)
+					wantOK(t, r)
+					if r.stdout != "python 3\ngit 1\nc ok\nnode ok\nnix ok\n" {
+						t.Errorf("stdout: %v", r)
+					}
+					stderr := r.stderr
+					if who.name == "root" {
+						// Nix as root tries a private mount namespace
+						// for its store and carries on without one; the
+						// kernel would refuse it too (no CAP_SYS_ADMIN),
+						// the filter only says so.
+						stderr = strings.ReplaceAll(stderr, blockedLine("unshare(CLONE_NEWNS)", "nix-build")+"\n", "")
+					}
+					if strings.Contains(stderr, "blocked") {
+						t.Errorf("ordinary work met the filter: %s", r.stderr)
+					}
+				})
+			}
+		}
+	})
+}

@@ -122,7 +122,9 @@ func TestDefaultProfile(t *testing.T) {
 		{"chroot", nil, allowed}, // CAP_SYS_CHROOT is in root mode's set
 		{"personality", []uint64{0}, allowed},
 		{"personality", []uint64{0xffffffff}, allowed},
-		{"personality", []uint64{0x0040000}, eperm},
+		{"personality", []uint64{0x0040000}, allowed}, // ADDR_NO_RANDOMIZE: Nix builds
+		{"personality", []uint64{0x0020000 | 0x0040000}, allowed},
+		{"personality", []uint64{0x0400000}, eperm}, // READ_IMPLIES_EXEC
 		{"seccomp", nil, allowed},
 		{"landlock_create_ruleset", nil, allowed},
 	}

@@ -25,8 +25,9 @@
 //   - ioctl TIOCSTI and TIOCLINUX are refused (as Flatpak does), comparing
 //     only the 32 bits the kernel reads;
 //   - unshare is allowed without namespace flags (CLONE_FILES, CLONE_FS),
-//     and get_mempolicy, which only reads the caller's NUMA policy (ps
-//     and top ask for it).
+//     get_mempolicy, which only reads the caller's NUMA policy (ps and top
+//     ask for it), and personality(ADDR_NO_RANDOMIZE), which Nix sets for
+//     every build.
 //
 // clone3 gets ENOSYS so that libc falls back to clone, whose flags a filter
 // can read (as Docker and Flatpak do). Calls newer than the table get

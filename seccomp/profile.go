@@ -84,6 +84,15 @@ func sandboxRules() []*moby.Syscall {
 			Args: []specs.LinuxSeccompArg{{Index: 0, Value: 0xffffffff, ValueTwo: af, Op: specs.OpMaskedEqual}},
 		}})
 	}
+	// ADDR_NO_RANDOMIZE (alone, or with PER_LINUX32 or UNAME26): Nix turns address
+	// space randomization off in every build for determinism, as
+	// `setarch -R` does; Docker allows only the plain personalities.
+	for _, v := range []uint64{0x0040000, 0x0040008, 0x0060000, 0x0060008} {
+		rules = append(rules, &moby.Syscall{LinuxSyscall: specs.LinuxSyscall{
+			Names: []string{"personality"}, Action: specs.ActAllow,
+			Args: []specs.LinuxSeccompArg{{Index: 0, Value: v, Op: specs.OpEqualTo}},
+		}})
+	}
 	// get_mempolicy only reads the caller's own NUMA policy; ps and top
 	// ask for it on every run (Docker refuses it without CAP_SYS_NICE).
 	rules = append(rules, &moby.Syscall{LinuxSyscall: specs.LinuxSyscall{Names: []string{"get_mempolicy"}, Action: specs.ActAllow}})
