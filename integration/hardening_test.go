@@ -16,16 +16,16 @@ import (
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/namespace"
 )
 
-// modes are the ways a call reaches a container: warm (an identity
+// startModes are the ways a call reaches a container: warm (an identity
 // helper forks the command) and one-shot (the agent forks it through the
 // exec trampoline).
-var modes = []struct {
+var startModes = []struct {
 	name string
 	pre  []string
 }{{"warm", nil}, {"one-shot", []string{"--no-keep-warm"}}}
 
-// users are the identities a command can have inside.
-var users = []struct {
+// identities are who a command can be inside.
+var identities = []struct {
 	name string
 	pre  []string
 }{{"caller", nil}, {"root", []string{"--user", "root"}}, {"uid0", []string{"--user", "0"}}}
@@ -60,8 +60,8 @@ echo hi | sh -c 'read x; echo got $x' &
 wait
 mkdir -p /tmp/d && echo data > /tmp/d/f && cat /tmp/d/f`
 	forEachUser(t, func(t *testing.T, u *testUser) {
-		for _, m := range modes {
-			for _, who := range users {
+		for _, m := range startModes {
+			for _, who := range identities {
 				t.Run(m.name+"/"+who.name, func(t *testing.T) {
 					wd := u.workdir(t)
 					args := append(append(append([]string{}, m.pre...), who.pre...), "sh", "-c", script)
@@ -101,7 +101,7 @@ mkdir -p /tmp/d && echo data > /tmp/d/f && cat /tmp/d/f`
 // what makes the refusals above the filter's doing.
 func TestSeccompOff(t *testing.T) {
 	forEachUser(t, func(t *testing.T, u *testUser) {
-		for _, m := range modes {
+		for _, m := range startModes {
 			t.Run(m.name, func(t *testing.T) {
 				wd := u.workdir(t)
 				r := u.sandbox(t, wd, runOpts{}, append(append([]string{}, m.pre...), "--seccomp", "off", "sh", "-c",
@@ -123,7 +123,7 @@ func TestSeccompProfileFile(t *testing.T) {
 		prof := filepath.Join(wd, "profile.json")
 		writeFile(t, u, prof, `{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[
 			{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":13}]}`)
-		for _, m := range modes {
+		for _, m := range startModes {
 			t.Run(m.name, func(t *testing.T) {
 				r := u.sandbox(t, wd, runOpts{}, append(append([]string{}, m.pre...), "--seccomp", prof, "sh", "-c",
 					`mkdir /tmp/x; echo mkdir=$?; unshare -U true && echo userns ok`)...)
@@ -165,7 +165,7 @@ func TestSandboxOutOfReach(t *testing.T) {
 	esac
 done`
 	forEachUser(t, func(t *testing.T, u *testUser) {
-		for _, m := range modes {
+		for _, m := range startModes {
 			for _, sc := range []string{"default", "off"} {
 				t.Run(m.name+"/seccomp-"+sc, func(t *testing.T) {
 					wd := u.workdir(t)
@@ -363,7 +363,7 @@ func stillRunning(procs []procID) []procID {
 func TestPidsLimit(t *testing.T) {
 	const limit = 64
 	forEachUser(t, func(t *testing.T, u *testUser) {
-		for _, m := range modes {
+		for _, m := range startModes {
 			t.Run(m.name, func(t *testing.T) {
 				wd := u.workdir(t)
 				cmd := u.command(context.Background(), runOpts{dir: wd}, append(append([]string{"--image", suite.images["busybox"], "-d", wd},
@@ -408,7 +408,7 @@ func TestPidsLimit(t *testing.T) {
 // write past it gets ENOSPC and the container goes on serving.
 func TestStorageSize(t *testing.T) {
 	forEachUser(t, func(t *testing.T, u *testUser) {
-		for _, m := range modes {
+		for _, m := range startModes {
 			t.Run(m.name, func(t *testing.T) {
 				wd := u.workdir(t)
 				opts := append(append([]string{}, m.pre...), "--storage-size", "32m")
@@ -491,7 +491,7 @@ func cgroupPath(t *testing.T, pid int, controller string) string {
 // starts a fresh one.
 func TestSupervisorKilledLeavesNothing(t *testing.T) {
 	forEachUser(t, func(t *testing.T, u *testUser) {
-		for _, m := range modes {
+		for _, m := range startModes {
 			t.Run(m.name, func(t *testing.T) {
 				wd := u.workdir(t)
 				args := append(append([]string{"--image", suite.images["busybox"], "-d", wd}, m.pre...), "sh", "-c", "sleep 1000 & echo started; wait")
@@ -566,8 +566,8 @@ func TestOrdinaryWorkUnderFilter(t *testing.T) {
 		requireTool(t, tool)
 	}
 	forEachUser(t, func(t *testing.T, u *testUser) {
-		for _, m := range modes {
-			for _, who := range users[:2] {
+		for _, m := range startModes {
+			for _, who := range identities[:2] {
 				t.Run(m.name+"/"+who.name, func(t *testing.T) {
 					wd := u.workdir(t)
 					args := append(append(append([]string{"--image", "host", "-d", wd}, m.pre...), who.pre...), "sh", "-c", ordinaryWork)
@@ -577,8 +577,8 @@ func TestOrdinaryWorkUnderFilter(t *testing.T) {
 						t.Errorf("stdout: %v", r)
 					}
 					stderr := r.stderr
-					if who.name == "root" {
-						// Nix as root tries a private mount namespace
+					if who.name == "root" || u.uid == 0 {
+						// Nix as uid 0 tries a private mount namespace
 						// for its store and carries on without one; the
 						// kernel would refuse it too (no CAP_SYS_ADMIN),
 						// the filter only says so.
