@@ -357,13 +357,15 @@ func (sv *supervisor) cleanup() {
 			fmt.Fprintln(sv.log, "lectic-nix-sandbox supervisor:", err)
 		}
 	}
-	if err := removeWarmDir(sv.dir); err != nil {
-		fmt.Fprintln(sv.log, "lectic-nix-sandbox supervisor:", err)
-	}
+	// Tickets go before the dir: once --list no longer shows the
+	// container, no ticket names it either.
 	if sv.spec.TicketDir != "" {
 		if _, err := fastpath.Prune(sv.spec.TicketDir); err != nil {
 			fmt.Fprintln(sv.log, "lectic-nix-sandbox supervisor:", err)
 		}
+	}
+	if err := removeWarmDir(sv.dir); err != nil {
+		fmt.Fprintln(sv.log, "lectic-nix-sandbox supervisor:", err)
 	}
 }
 
