@@ -379,7 +379,14 @@ func (a *agent) confineSelf() error {
 	}
 	a.filtered = true
 	go conf.filter.Serve(listener, func(n *seccomp.Notification, _ seccomp.Decision) {
+		// A command can be refused before handleRun has registered its
+		// call (right after the fork): it waits for the answer, so
+		// waiting briefly for the registration costs it nothing else.
 		rep := a.refusals.find(int(n.Pid))
+		for i := 0; rep == nil && i < 20 && seccomp.Valid(listener, n.ID); i++ {
+			time.Sleep(5 * time.Millisecond)
+			rep = a.refusals.find(int(n.Pid))
+		}
 		comm := commOf(n.Pid)
 		if seccomp.Valid(listener, n.ID) {
 			rep.refused(conf.filter, n, comm)
