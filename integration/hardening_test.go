@@ -381,6 +381,10 @@ func TestPidsLimit(t *testing.T) {
 				buf := make([]byte, 256)
 				n, _ := io.ReadAtLeast(out, buf, len("started 1\nfork: EAGAIN\n"))
 				got := string(buf[:n])
+				if !strings.Contains(got, "fork:") {
+					cmd.Wait()
+					t.Fatalf("the fork loop did not run: %q, stderr %q", got, stderr.String())
+				}
 				_, _, agent := containerOf(t, u, wd)
 				_, threads := pidNSMembers(agent)
 				if !strings.Contains(got, "fork: EAGAIN") {
