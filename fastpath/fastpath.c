@@ -43,7 +43,7 @@
 
 extern char **environ;
 
-#define MATERIAL_MAGIC "lectic-nix-sandbox fast path v1\n"
+#define MATERIAL_MAGIC "lectic-nix-sandbox fast path v2\n"
 #define TICKET_MAGIC "lectic-nix-sandbox ticket 2"
 #define ENV_MODE "_LECTIC_NIX_SANDBOX_FAST="
 #define MAX_CANDIDATES 64
@@ -52,7 +52,7 @@ extern char **environ;
 #define MAX_MESSAGE (64 << 10)
 /* execargs.MaxExec: the most argv and environment bytes execve ever takes. */
 #define MAX_EXEC (6 << 20)
-/* warm's maxInline: a larger request body goes in a sealed memfd. */
+/* execargs.MaxInline: a larger request body goes in a sealed memfd. */
 #define MAX_INLINE (32 << 10)
 /* warm.shown: how much of a command name a message quotes. */
 #define MAX_SHOWN 256
@@ -95,6 +95,20 @@ static void buf_add(struct buf *b, const void *s, size_t n)
 
 static void buf_str(struct buf *b, const char *s) { buf_add(b, s, strlen(s)); }
 
+/* buf_reserve makes room for n more bytes at once. */
+static void buf_reserve(struct buf *b, size_t n)
+{
+	char *p;
+	if (b->oom || b->n + n + 1 <= b->cap)
+		return;
+	p = realloc(b->p, b->n + n + 1);
+	if (!p) {
+		b->oom = 1;
+		return;
+	}
+	b->p = p, b->cap = b->n + n + 1;
+}
+
 static void say(const char *fmt, ...)
 {
 	char line[4096];
@@ -113,6 +127,113 @@ static void say(const char *fmt, ...)
 		;
 }
 
+/*
+ * ---- a set of variable names ----
+ *
+ * An environment may hold tens of thousands of variables, and a ticket as
+ * many image variables: every lookup by name goes through a hash table, so
+ * the work is linear in what is read (Go's maps, on the Go side).
+ */
+
+/*
+ * A table maps a name to the index of its first entry in an array its
+ * owner keeps (key reads an entry's name back). A slot is 8 bytes: the
+ * index and 32 bits of the name's hash, which spares most comparisons;
+ * tables are sized up front, so they are touched once and never rehashed
+ * on the common path.
+ */
+typedef const char *(*key_fn)(const void *owner, int idx, size_t *nlen);
+
+struct names {
+	uint64_t *slot; /* hash << 32 | (index + 1); 0 is empty */
+	size_t cap, n;  /* cap is a power of two */
+	key_fn key;
+	const void *owner;
+};
+
+static uint64_t name_hash(const char *name, size_t n)
+{
+	uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+	size_t i;
+	for (i = 0; i < n; i++)
+		h = (h ^ (unsigned char)name[i]) * 1099511628211ULL;
+	return h;
+}
+
+static int names_init(struct names *t, size_t expected, key_fn key, const void *owner)
+{
+	t->cap = 16;
+	while (3 * t->cap < 4 * (expected + 1))
+		t->cap *= 2;
+	t->n = 0, t->key = key, t->owner = owner;
+	t->slot = calloc(t->cap, sizeof *t->slot);
+	return t->slot ? 0 : -1;
+}
+
+/* names_find returns name's slot: its entry, or the empty slot it would
+ * take. */
+static uint64_t *names_find(const struct names *t, const char *name, size_t n, uint32_t h)
+{
+	size_t i = h & (t->cap - 1);
+	for (;; i = (i + 1) & (t->cap - 1)) {
+		uint64_t v = t->slot[i];
+		const char *k;
+		size_t klen;
+		if (!v)
+			return &t->slot[i];
+		if ((uint32_t)(v >> 32) != h)
+			continue;
+		k = t->key(t->owner, (int)(uint32_t)v - 1, &klen);
+		if (klen == n && !memcmp(k, name, n))
+			return &t->slot[i];
+	}
+}
+
+/* names_get returns the index stored for name, or -1. */
+static int names_get(const struct names *t, const char *name, size_t n)
+{
+	uint64_t v;
+	if (!t->cap)
+		return -1;
+	v = *names_find(t, name, n, (uint32_t)name_hash(name, n));
+	return v ? (int)(uint32_t)v - 1 : -1;
+}
+
+/* names_put stores idx for name unless name is there already; it returns
+ * the index stored for name, or -1 when out of memory. */
+static int names_put(struct names *t, const char *name, size_t n, int idx)
+{
+	uint32_t h = (uint32_t)name_hash(name, n);
+	uint64_t *sl;
+	/* at most 3/4 full: short probes, and few pages to touch (the
+	 * first touch of each is a page fault) */
+	if (4 * (t->n + 1) > 3 * t->cap) {
+		struct names bigger = *t;
+		size_t i;
+		bigger.cap = 2 * t->cap;
+		bigger.slot = calloc(bigger.cap, sizeof *bigger.slot);
+		if (!bigger.slot)
+			return -1;
+		for (i = 0; i < t->cap; i++) {
+			uint64_t v = t->slot[i];
+			size_t j = (v >> 32) & (bigger.cap - 1);
+			if (!v)
+				continue;
+			while (bigger.slot[j])
+				j = (j + 1) & (bigger.cap - 1);
+			bigger.slot[j] = v;
+		}
+		free(t->slot);
+		*t = bigger;
+	}
+	sl = names_find(t, name, n, h);
+	if (!*sl) {
+		*sl = (uint64_t)h << 32 | (uint32_t)(idx + 1);
+		t->n++;
+	}
+	return (int)(uint32_t)*sl - 1;
+}
+
 /* ---- what the call is: the material its ticket is named by ---- */
 
 struct call {
@@ -121,6 +242,8 @@ struct call {
 	int nargs;
 	char **env;         /* environ as os.Environ returns it */
 	int nenv;
+	char **envp;        /* the environ it was made from */
+	struct names first; /* name -> index in envp of its first entry */
 	char exe[PATH_MAX];
 	char cwd[PATH_MAX];
 	char dir[PATH_MAX]; /* T/fast */
@@ -182,35 +305,44 @@ static const char *read_cmdline(struct call *c)
 	return NULL;
 }
 
+/* key_environ reads the name of environ[idx]. */
+static const char *key_environ(const void *owner, int idx, size_t *nlen)
+{
+	const char *e = ((char *const *)owner)[idx];
+	*nlen = strchr(e, '=') - e;
+	return e;
+}
+
 /*
  * env_list is os.Environ(): empty entries dropped, and a later entry whose
  * key ("" included) an earlier one had is dropped, as Go's syscall package
  * does. The fast-path mode variable is left out of the material, so calls
  * with and without it share tickets.
  */
-static const char *env_list(struct call *c)
+static const char *env_list(struct call *c, char **envp)
 {
+	struct names *seen = &c->first;
 	int n = 0, i, j;
 
-	for (i = 0; environ[i]; i++)
+	for (i = 0; envp[i]; i++)
 		n++;
+	c->envp = envp;
 	c->env = calloc(n + 1, sizeof *c->env);
-	if (!c->env)
+	if (!c->env || names_init(seen, n, key_environ, envp))
 		return "out of memory";
 	for (i = 0; i < n; i++) {
-		const char *e = environ[i], *eq = strchr(e, '=');
-		int dup = 0;
+		const char *e = envp[i], *eq = strchr(e, '=');
+		int first;
 		if (*e == 0)
 			continue;
 		if (eq) {
-			size_t klen = eq - e;
-			for (j = 0; j < i && !dup; j++) {
-				const char *o = environ[j], *oeq = strchr(o, '=');
-				dup = oeq && (size_t)(oeq - o) == klen && !memcmp(o, e, klen);
-			}
+			first = names_put(seen, e, eq - e, i);
+			if (first < 0)
+				return "out of memory";
+			if (first != i)
+				continue;
 		}
-		if (!dup)
-			c->env[c->nenv++] = (char *)e;
+		c->env[c->nenv++] = (char *)e;
 	}
 	j = 0;
 	for (i = 0; i < c->nenv; i++)
@@ -220,14 +352,12 @@ static const char *env_list(struct call *c)
 	return NULL;
 }
 
+/* first_env is os.Getenv: the value of name's first entry, or NULL. */
 static const char *first_env(struct call *c, const char *name)
 {
 	size_t len = strlen(name);
-	int i;
-	for (i = 0; i < c->nenv; i++)
-		if (!strncmp(c->env[i], name, len) && c->env[i][len] == '=')
-			return c->env[i] + len + 1;
-	return NULL;
+	int i = names_get(&c->first, name, len);
+	return i < 0 ? NULL : c->envp[i] + len + 1;
 }
 
 /* ticket_dir is T/fast, with T as cmd's resolveRoots finds it, unjoined. */
@@ -304,16 +434,19 @@ static void material_prefix(struct call *c, struct sha256 *h)
 	}
 }
 
-static void ticket_name(const struct sha256 *prefix, struct call *c, int k, int term, char *out)
+/*
+ * ticket_name finishes a candidate's name: words is the material so far
+ * followed by the option words args[0..k), so each candidate costs only
+ * its own ending, and trying every split is linear in argv.
+ */
+static void ticket_name(const struct sha256 *words, int k, int term, char *out)
 {
 	static const char hex[] = "0123456789abcdef";
-	struct sha256 h = *prefix;
+	struct sha256 h = *words;
 	uint8_t sum[32];
 	int i;
 
-	hash_fmt(&h, "\nopts %d %d\n", k, term);
-	for (i = 0; i < k; i++)
-		hash_lp(&h, c->args[i]);
+	hash_fmt(&h, "\nsplit %d %d\n", k, term);
 	sha256_final(&h, sum);
 	for (i = 0; i < 16; i++) {
 		out[2 * i] = hex[sum[i] >> 4];
@@ -349,6 +482,11 @@ struct recipe {
 	struct list secret_suffix, secret_word, secret_prefix;
 };
 
+/* A file the ticket depends on, with the state it must still have. */
+struct check {
+	const char *kind, *want, *path;
+};
+
 struct ticket {
 	char *data;
 	const char *sock;
@@ -358,16 +496,20 @@ struct ticket {
 	long long timeout_ns;
 	int k; /* the command starts at args[k] */
 	struct recipe env;
+	struct list warns;
+	struct check *checks;
+	int nchecks;
 };
 
 static void ticket_free(struct ticket *t)
 {
 	struct list *ls[] = {&t->env.pre, &t->env.keep, &t->env.set, &t->env.post,
 			     &t->env.hostonly, &t->env.hostonly_prefix, &t->env.internal_prefix,
-			     &t->env.secret_suffix, &t->env.secret_word, &t->env.secret_prefix};
+			     &t->env.secret_suffix, &t->env.secret_word, &t->env.secret_prefix, &t->warns};
 	size_t i;
 	for (i = 0; i < sizeof ls / sizeof ls[0]; i++)
 		free(ls[i]->v);
+	free(t->checks);
 	free(t->data);
 }
 
@@ -404,7 +546,7 @@ static int owned_private(const struct stat *st)
 /* open_ticket tries the candidate splits of argv into options and command. */
 static const char *open_ticket(struct call *c, struct ticket *t)
 {
-	struct sha256 prefix;
+	struct sha256 words;
 	struct stat st;
 	char path[PATH_MAX], name[33];
 	int k, term, tried = 0, fd = -1;
@@ -415,7 +557,8 @@ static const char *open_ticket(struct call *c, struct ticket *t)
 		return "no tickets yet";
 	if (!S_ISDIR(st.st_mode) || !owned_private(&st))
 		return "the ticket dir is not a private dir of this user";
-	material_prefix(c, &prefix);
+	material_prefix(c, &words);
+	sha256_update(&words, "\nopts\n", 6);
 	/*
 	 * The command starts at the first word that is not an option, or after
 	 * "--". Which words before it are option values only the Go parser
@@ -431,7 +574,7 @@ static const char *open_ticket(struct call *c, struct ticket *t)
 			if (!term && w[0] == '-' && strcmp(w, "-"))
 				continue;
 			tried++;
-			ticket_name(&prefix, c, k, term, name);
+			ticket_name(&words, k, term, name);
 			if ((size_t)snprintf(path, sizeof path, "%s/%s", c->dir, name) >= sizeof path)
 				return "the ticket path is too long";
 			fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
@@ -439,6 +582,7 @@ static const char *open_ticket(struct call *c, struct ticket *t)
 				return "cannot open the ticket";
 			t->k = k;
 		}
+		hash_lp(&words, c->args[k]);
 	}
 	if (fd < 0)
 		return "no ticket for this invocation";
@@ -517,65 +661,106 @@ static int stat_state(const char *kind, const char *path, char *out, size_t len)
 }
 
 /*
- * check_ticket reads the records and verifies every check. Warnings are
- * printed only once the whole ticket has held, so a fall-back does not
- * print them twice.
+ * MAX_POLICY bounds each policy list of a ticket: every variable of every
+ * call is matched against them, so a ticket must not be able to make that
+ * work grow with its own size (oci.Policy's lists are far shorter).
  */
-static const char *check_ticket(struct ticket *t)
-{
-	char *p = t->data, *end = t->data + t->size;
-	char state[160];
-	int holds;
+#define MAX_POLICY 256
 
+/*
+ * parse_ticket reads the records of t->data (t->size bytes, the last of
+ * them a NUL), splitting them in place. It touches no file: check_files
+ * verifies the checks it collects. Everything it keeps points into
+ * t->data, and all it does is linear in the ticket's size.
+ */
+static const char *parse_ticket(struct ticket *t)
+{
+	char *p = t->data, *end = t->data + t->size, *next;
+	int ncap = 0, timeout = 0;
+
+	if (t->size == 0 || t->size > MAX_TICKET || t->data[t->size - 1] != 0)
+		return "the ticket is truncated";
 	if (strcmp(p, TICKET_MAGIC))
 		return "the ticket is of another version";
-	for (p += strlen(p) + 1; p < end; p += strlen(p) + 1) {
-		char *sp = strchr(p, ' ');
-		if (!sp)
+	for (p += strlen(p) + 1; p < end; p = next) {
+		char *val = strchr(p, ' ');
+		struct list *l;
+		next = p + strlen(p) + 1; /* before the record is split */
+		if (!val)
 			return "a ticket record has no value";
-		*sp = 0;
+		*val++ = 0;
 		if (!strcmp(p, "sock")) {
-			t->sock = sp + 1;
+			if (t->sock)
+				return "a ticket record is repeated";
+			t->sock = val;
 		} else if (!strcmp(p, "head")) {
-			t->head = sp + 1;
+			if (t->head)
+				return "a ticket record is repeated";
+			t->head = val;
 		} else if (!strcmp(p, "cwd")) {
-			t->cwd = sp + 1;
+			if (t->cwd)
+				return "a ticket record is repeated";
+			t->cwd = val;
 		} else if (!strcmp(p, "timeout_ns")) {
-			if (parse_timeout(sp + 1, &t->timeout_ns))
+			if (timeout)
+				return "a ticket record is repeated";
+			timeout = 1;
+			if (parse_timeout(val, &t->timeout_ns))
 				return "the ticket's timeout is out of range";
 		} else if (!strcmp(p, "check")) {
-			char *kind = sp + 1, *want, *path;
-			want = strchr(kind, ' ');
-			if (!want)
+			char *want = strchr(val, ' '), *path = want ? strchr(want + 1, ' ') : NULL;
+			if (!path || (strncmp(val, "lstat ", 6) && strncmp(val, "stat ", 5) && strncmp(val, "id ", 3)))
 				return "a ticket check is malformed";
-			*want++ = 0;
-			path = strchr(want, ' ');
-			if (!path)
-				return "a ticket check is malformed";
-			*path++ = 0;
-			holds = !stat_state(kind, path, state, sizeof state) && !strcmp(state, want);
-			*--path = ' ', *--want = ' '; /* print_warnings walks the records again */
-			if (!holds)
-				return "a file the image or the mounts depend on changed";
-		} else if (recipe_list(&t->env, p)) {
-			if (list_add(recipe_list(&t->env, p), sp + 1))
+			*want++ = 0, *path++ = 0;
+			if (t->nchecks == ncap) {
+				struct check *c;
+				ncap = ncap ? 2 * ncap : 16;
+				c = realloc(t->checks, ncap * sizeof *c);
+				if (!c)
+					return "out of memory";
+				t->checks = c;
+			}
+			t->checks[t->nchecks++] = (struct check){val, want, path};
+		} else if (!strcmp(p, "warn")) {
+			if (list_add(&t->warns, val))
 				return "out of memory";
-		} else if (strcmp(p, "warn")) {
+		} else if ((l = recipe_list(&t->env, p))) {
+			if (!strncmp(p, "pol_", 4) && l->n >= MAX_POLICY)
+				return "the ticket's policy is too long";
+			if (list_add(l, val))
+				return "out of memory";
+		} else {
 			return "the ticket has an unknown record";
 		}
-		*sp = ' ';
 	}
-	if (!t->sock || !t->head || !t->cwd || strlen(t->sock) > MAX_SOCKET)
+	/* the head is a JSON object without its "}", and with a key: what
+	 * build_request appends starts with a "," */
+	if (!t->sock || !t->head || !t->cwd || strlen(t->sock) > MAX_SOCKET || strncmp(t->head, "{\"", 2))
 		return "the ticket lacks a socket or a request";
 	return NULL;
 }
 
+/* check_files verifies that every file the ticket depends on is as it was. */
+static const char *check_files(struct ticket *t)
+{
+	char state[160];
+	int i;
+
+	for (i = 0; i < t->nchecks; i++) {
+		const struct check *c = &t->checks[i];
+		if (stat_state(c->kind, c->path, state, sizeof state) || strcmp(state, c->want))
+			return "a file the image or the mounts depend on changed";
+	}
+	return NULL;
+}
+
+/* Warnings are printed only once the whole ticket has held, so a fall-back
+ * does not print them twice. */
 static void print_warnings(struct ticket *t)
 {
-	char *p;
-	for (p = t->data + strlen(t->data) + 1; p < t->data + t->size; p += strlen(p) + 1)
-		if (!strncmp(p, "warn ", 5))
-			say("lectic-nix-sandbox: warning: %s", p + 5);
+	int i;
+	for (i = 0; i < t->warns.n; i++)
+		say("lectic-nix-sandbox: warning: %s", t->warns.v[i]);
 }
 
 /* ---- the command's environment: oci.EnvRecipe.Apply ---- */
@@ -585,15 +770,43 @@ struct entry {
 	size_t nlen;
 };
 
+/* envmap is the environment being built: entries in the order their
+ * names first came, and an index of them by name. */
 struct envmap {
 	struct entry *e;
 	int n, cap, oom;
+	struct names index;
 };
 
 static size_t name_len(const char *kv)
 {
 	const char *eq = strchr(kv, '=');
 	return eq ? (size_t)(eq - kv) : strlen(kv);
+}
+
+/* key_entry reads the name of an envmap's entry idx. */
+static const char *key_entry(const void *owner, int idx, size_t *nlen)
+{
+	const struct entry *e = &((const struct envmap *)owner)->e[idx];
+	*nlen = e->nlen;
+	return e->name;
+}
+
+/* key_list reads the name of a NAME or NAME=VALUE list item. */
+static const char *key_list(const void *owner, int idx, size_t *nlen)
+{
+	const char *kv = ((const struct list *)owner)->v[idx];
+	*nlen = name_len(kv);
+	return kv;
+}
+
+/* envmap_init sizes m for about n names, so that neither its entries nor
+ * its index grow on the way. */
+static int envmap_init(struct envmap *m, int n)
+{
+	m->cap = n > 0 ? n : 1;
+	m->e = malloc(m->cap * sizeof *m->e);
+	return m->e && !names_init(&m->index, n, key_entry, m) ? 0 : -1;
 }
 
 /* env_put assigns NAME=VALUE (a missing "=" is an empty value), keeping
@@ -606,11 +819,14 @@ static void env_put(struct envmap *m, const char *kv)
 
 	if (nlen == 0 || m->oom)
 		return;
-	for (i = 0; i < m->n; i++) {
-		if (m->e[i].nlen == nlen && !memcmp(m->e[i].name, kv, nlen)) {
-			m->e[i].val = val;
-			return;
-		}
+	i = names_put(&m->index, kv, nlen, m->n);
+	if (i < 0) {
+		m->oom = 1;
+		return;
+	}
+	if (i < m->n) {
+		m->e[i].val = val;
+		return;
 	}
 	if (m->n == m->cap) {
 		int cap = m->cap ? 2 * m->cap : 64;
@@ -652,7 +868,7 @@ static int is_internal(const struct recipe *r, const char *name, size_t n)
  * silently (host-only, internal), 2 is withheld as a secret, which the
  * request reports by name (EnvPolicy.withheld); -1 when out of memory.
  */
-static int is_blocked(const struct recipe *r, const char *name, size_t n)
+static int is_blocked(const struct recipe *r, const char *name, size_t n, struct buf *scratch)
 {
 	char *up;
 	size_t i, ulen = n + 1;
@@ -663,13 +879,15 @@ static int is_blocked(const struct recipe *r, const char *name, size_t n)
 			return 1;
 	if (any_upper_prefix(name, n, &r->hostonly_prefix) || is_internal(r, name, n))
 		return 1;
-	up = malloc(ulen + 1);
-	if (!up)
+	/* "_" + NAME upper-cased, in a buffer every name reuses */
+	scratch->n = 0;
+	buf_add(scratch, "_", 1);
+	buf_add(scratch, name, n);
+	if (scratch->oom)
 		return -1;
-	up[0] = '_';
-	for (i = 0; i < n; i++)
-		up[i + 1] = toupper((unsigned char)name[i]);
-	up[ulen] = 0;
+	up = scratch->p;
+	for (i = 1; i < ulen; i++)
+		up[i] = toupper((unsigned char)up[i]);
 	for (j = 0; j < r->secret_suffix.n && !hit; j++) {
 		size_t sl = strlen(r->secret_suffix.v[j]);
 		hit = sl <= ulen && !memcmp(up + ulen - sl, r->secret_suffix.v[j], sl);
@@ -678,28 +896,37 @@ static int is_blocked(const struct recipe *r, const char *name, size_t n)
 		hit = strstr(up, r->secret_word.v[j]) != NULL;
 	if (!hit)
 		hit = any_upper_prefix(up, ulen, &r->secret_prefix);
-	free(up);
 	return hit ? 2 : 0;
 }
 
-static int find_named(const struct list *l, const char *name, size_t n)
+/* index_names indexes a list of NAME or NAME=VALUE entries by name; the
+ * first of a name wins, as Go's map of --env values has one per name. */
+static int index_names(struct names *t, const struct list *l)
 {
 	int i;
+	if (names_init(t, l->n, key_list, l))
+		return -1;
 	for (i = 0; i < l->n; i++)
-		if (name_len(l->v[i]) == n && !memcmp(l->v[i], name, n))
-			return i;
-	return -1;
+		if (names_put(t, l->v[i], name_len(l->v[i]), i) < 0)
+			return -1;
+	return 0;
 }
 
 /* build_env is EnvRecipe.Build: the command's environment in m, and the
  * names withheld as secrets, in environ's order, in withheld. */
 static const char *build_env(struct call *c, const struct recipe *r, struct envmap *m, struct list *withheld)
 {
-	char seen[4096] = {0};
+	struct names set = {0}, keep = {0};
+	struct buf scratch = {0};
+	char *seen = calloc(r->set.n + 1, 1);
+	const char *why = NULL;
 	int i;
 
-	if (r->set.n > (int)sizeof seen)
-		return "too many --env values for the fast path";
+	if (!seen || index_names(&set, &r->set) || index_names(&keep, &r->keep) ||
+	    envmap_init(m, r->pre.n + c->nenv + r->set.n + r->post.n)) {
+		why = "out of memory";
+		goto out;
+	}
 	for (i = 0; i < r->pre.n; i++)
 		env_put(m, r->pre.v[i]);
 	for (i = 0; i < c->nenv; i++) {
@@ -709,21 +936,23 @@ static const char *build_env(struct call *c, const struct recipe *r, struct envm
 		/* Go upper-cases names with Unicode rules; only ASCII ones are
 		 * judged here, so the two sides cannot disagree. */
 		for (j = 0; j < n; j++)
-			if ((unsigned char)kv[j] >= 0x80)
-				return "a variable name is not ASCII";
+			if ((unsigned char)kv[j] >= 0x80) {
+				why = "a variable name is not ASCII";
+				goto out;
+			}
 		if (is_internal(r, kv, n))
 			continue;
-		if ((s = find_named(&r->set, kv, n)) >= 0) {
+		if ((s = names_get(&set, kv, n)) >= 0) {
 			env_put(m, r->set.v[s]);
 			seen[s] = 1;
 			continue;
 		}
-		if (find_named(&r->keep, kv, n) < 0) {
-			int b = is_blocked(r, kv, n);
-			if (b < 0)
-				return "out of memory";
-			if (b == 2 && list_add(withheld, kv))
-				return "out of memory";
+		if (names_get(&keep, kv, n) < 0) {
+			int b = is_blocked(r, kv, n, &scratch);
+			if (b < 0 || (b == 2 && list_add(withheld, kv))) {
+				why = "out of memory";
+				goto out;
+			}
 			if (b)
 				continue;
 		}
@@ -734,7 +963,14 @@ static const char *build_env(struct call *c, const struct recipe *r, struct envm
 			env_put(m, r->set.v[i]);
 	for (i = 0; i < r->post.n; i++)
 		env_put(m, r->post.v[i]);
-	return m->oom ? "out of memory" : NULL;
+	if (m->oom)
+		why = "out of memory";
+out:
+	free(seen);
+	free(set.slot);
+	free(keep.slot);
+	free(scratch.p);
+	return why;
 }
 
 /*
@@ -774,10 +1010,22 @@ static const char *build_request(struct call *c, struct ticket *t, struct reques
 
 	if ((why = build_env(c, &t->env, &m, &withheld))) {
 		free(m.e);
+		free(m.index.slot);
 		free(withheld.v);
 		return why;
 	}
 	req->argv0 = t->k < c->nargs ? c->args[t->k] : "";
+	{
+		/* one allocation for the whole body */
+		size_t size = strlen(t->cwd) + 1;
+		for (i = t->k; i < c->nargs; i++)
+			size += strlen(c->args[i]) + 1;
+		for (i = 0; i < m.n; i++)
+			size += m.e[i].nlen + 1 + strlen(m.e[i].val) + 1;
+		for (i = 0; i < withheld.n; i++)
+			size += name_len(withheld.v[i]) + 1;
+		buf_reserve(&req->body, size);
+	}
 	body_add(&req->body, t->cwd, strlen(t->cwd));
 	for (i = t->k; i < c->nargs; i++) {
 		size_t n = strlen(c->args[i]);
@@ -795,6 +1043,7 @@ static const char *build_request(struct call *c, struct ticket *t, struct reques
 	for (i = 0; i < withheld.n; i++)
 		body_add(&req->body, withheld.v[i], name_len(withheld.v[i]));
 	free(m.e);
+	free(m.index.slot);
 	free(withheld.v);
 	if (req->exec_size > MAX_EXEC)
 		return "E2BIG";
@@ -1264,10 +1513,10 @@ static const char *fast_call(struct call *c)
 	struct request req = {0};
 	const char *why;
 
-	if ((why = read_cmdline(c)) || (why = env_list(c)) || (why = ticket_dir(c)) ||
+	if ((why = read_cmdline(c)) || (why = env_list(c, environ)) || (why = ticket_dir(c)) ||
 	    (why = describe(c)) || (why = open_ticket(c, &t)))
 		goto out;
-	if ((why = check_ticket(&t)))
+	if ((why = parse_ticket(&t)) || (why = check_files(&t)))
 		goto out;
 	if ((why = build_request(c, &t, &req))) {
 		if (!strcmp(why, "E2BIG"))
@@ -1307,8 +1556,70 @@ __attribute__((constructor)) static void lns_fast_path(void)
 	free(c.cmdline);
 	free(c.args);
 	free(c.env);
+	free(c.first.slot);
 	if (mode == MODE_REQUIRE) {
 		say("lectic-nix-sandbox: the fast path was not taken: %s", why);
 		_exit(EXIT_SANDBOX);
 	}
+}
+
+/*
+ * ---- for the package's tests ----
+ *
+ * Called through cgo (ctest.go), never by the constructor: they let Go
+ * tests and fuzzing drive the ticket parser and the request builder in
+ * process, and read the limits the Go side must agree with.
+ */
+
+/*
+ * lns_test_request does what the constructor does between reading a
+ * ticket and connecting, for a ticket given as bytes and a call given as
+ * its environ and the words after argv[0], the command starting at word k:
+ * parse_ticket (no file is checked), build_env and build_request. On
+ * success it returns NULL with the header, body, socket and timeout (the
+ * three buffers malloc'd, for the caller to free); otherwise why the
+ * constructor would not send ("E2BIG": it would say so and exit 126).
+ */
+const char *lns_test_request(const char *ticket, size_t n, char **env, char **args, int nargs, int k,
+			     char **head, size_t *headn, char **body, size_t *bodyn, char **sock,
+			     long long *timeout_ns)
+{
+	struct call c = {0};
+	struct ticket t = {0};
+	struct request req = {0};
+	const char *why;
+
+	*head = *body = *sock = NULL;
+	if (n == 0 || n > MAX_TICKET || k < 0 || k > nargs)
+		return "the ticket is not a private file of this user";
+	t.data = malloc(n);
+	if (!t.data)
+		return "out of memory";
+	memcpy(t.data, ticket, n);
+	t.size = n;
+	t.k = k;
+	c.args = args, c.nargs = nargs;
+	if ((why = env_list(&c, env)) || (why = parse_ticket(&t)) || (why = build_request(&c, &t, &req)))
+		goto out;
+	*head = req.head.p, *headn = req.head.n;
+	*body = req.body.p, *bodyn = req.body.n;
+	req.head.p = req.body.p = NULL;
+	*sock = strdup(t.sock);
+	*timeout_ns = t.timeout_ns;
+out:
+	free(req.head.p);
+	free(req.body.p);
+	free(c.env);
+	free(c.first.slot);
+	ticket_free(&t);
+	return why;
+}
+
+/* lns_test_limits reports the limits fastpath.c keeps. */
+void lns_test_limits(long long *max_exec, long long *max_inline, long long *max_ticket, long long *min_timeout,
+		     long long *max_timeout, long long *max_shown, long long *max_policy)
+{
+	*max_exec = MAX_EXEC, *max_inline = MAX_INLINE, *max_ticket = MAX_TICKET;
+	*min_timeout = MIN_TIMEOUT_NS, *max_timeout = MAX_TIMEOUT_NS;
+	*max_shown = MAX_SHOWN, *max_policy = MAX_POLICY;
 }

@@ -43,9 +43,9 @@ func TestMain(m *testing.M) {
 }
 
 // agentReply is what the fake agent does with one request.
-type agentReply func(t *testing.T, fd int, req map[string]any)
+type agentReply func(t testing.TB, fd int, req map[string]any)
 
-func send(t *testing.T, fd int, m string) {
+func send(t testing.TB, fd int, m string) {
 	t.Helper()
 	if err := unix.Sendmsg(fd, []byte(m), nil, nil, unix.MSG_NOSIGNAL); err != nil {
 		t.Errorf("fake agent: send %s: %v", m, err)
@@ -125,7 +125,7 @@ func readMemfd(fd int) ([]byte, error) {
 
 // fakeAgent listens on sock and hands each connection's first message to
 // reply; the requests it saw come out of the returned channel.
-func fakeAgent(t *testing.T, sock string, reply agentReply) <-chan map[string]any {
+func fakeAgent(t testing.TB, sock string, reply agentReply) <-chan map[string]any {
 	t.Helper()
 	lfd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -175,7 +175,7 @@ func fakeAgent(t *testing.T, sock string, reply agentReply) <-chan map[string]an
 }
 
 func exitWith(code, sig int) agentReply {
-	return func(t *testing.T, fd int, _ map[string]any) {
+	return func(t testing.TB, fd int, _ map[string]any) {
 		send(t, fd, `{"type":"started","pid":42}`)
 		send(t, fd, fmt.Sprintf(`{"type":"exit","code":%d,"signal":%d}`, code, sig))
 	}
@@ -277,7 +277,7 @@ func TestFastPath(t *testing.T) {
 			env:     []string{"GITHUB_PERSONAL_ACCESS_TOKEN=ghp_abcdef", "PASSED_TOKEN=p4ss", "NPM_TOKEN=npm_xyz", "DB_PASSWORD=hunter22"},
 			reply:   exitWith(0, 0),
 			wantEnv: map[string]bool{"GITHUB_PERSONAL_ACCESS_TOKEN": false, "PASSED_TOKEN": true, "NPM_TOKEN": false}},
-		{name: "notice before the command starts", argv: []string{"python3", "/abs/tool.py"}, reply: func(t *testing.T, fd int, _ map[string]any) {
+		{name: "notice before the command starts", argv: []string{"python3", "/abs/tool.py"}, reply: func(t testing.TB, fd int, _ map[string]any) {
 			send(t, fd, `{"type":"notice","notice":"withheld GH_TOKEN","missing":"`+os.Args[0]+`","hint":"the script is on the host"}`)
 			if m, _, err := recvJSON(fd); err != nil || m["type"] != "noticed" {
 				t.Errorf("after a notice the agent got %v, %v; want the client's acknowledgement", m, err)
@@ -285,31 +285,31 @@ func TestFastPath(t *testing.T) {
 			send(t, fd, `{"type":"started","pid":42}`)
 			send(t, fd, `{"type":"exit","code":2}`)
 		}, wantCode: 2, wantStderr: "lectic-nix-sandbox: warning: --podman-exe is ignored\nlectic-nix-sandbox: withheld GH_TOKEN\nlectic-nix-sandbox: the script is on the host\n"},
-		{name: "no hint for a path the host lacks", argv: []string{"python3", "/abs/tool.py"}, reply: func(t *testing.T, fd int, _ map[string]any) {
+		{name: "no hint for a path the host lacks", argv: []string{"python3", "/abs/tool.py"}, reply: func(t testing.TB, fd int, _ map[string]any) {
 			send(t, fd, `{"type":"notice","missing":"/nonexistent/tool.py","hint":"HINT"}`)
 			recvJSON(fd)
 			send(t, fd, `{"type":"started","pid":42}`)
 			send(t, fd, `{"type":"exit","code":2}`)
 		}, wantCode: 2, wantNotStderr: "HINT"},
-		{name: "agent error 127 for a host path", argv: []string{"/abs/x"}, reply: func(t *testing.T, fd int, _ map[string]any) {
+		{name: "agent error 127 for a host path", argv: []string{"/abs/x"}, reply: func(t testing.TB, fd int, _ map[string]any) {
 			send(t, fd, `{"type":"error","code":127,"message":"command not found: /abs/x","notice":"withheld A_TOKEN","missing":"`+os.Args[0]+`","hint":"command not found: it is on the host"}`)
 		}, wantCode: 127, wantStderr: "lectic-nix-sandbox: withheld A_TOKEN\nlectic-nix-sandbox: command not found: it is on the host\n", wantNotStderr: "/abs/x"},
-		{name: "agent error 127 for a path nowhere", argv: []string{"/abs/x"}, reply: func(t *testing.T, fd int, _ map[string]any) {
+		{name: "agent error 127 for a path nowhere", argv: []string{"/abs/x"}, reply: func(t testing.TB, fd int, _ map[string]any) {
 			send(t, fd, `{"type":"error","code":127,"message":"command not found: /abs/x","missing":"/nonexistent/x","hint":"HINT"}`)
 		}, wantCode: 127, wantStderr: "lectic-nix-sandbox: command not found: /abs/x\n", wantNotStderr: "HINT"},
-		{name: "agent error 125 says one line", argv: []string{"x"}, reply: func(t *testing.T, fd int, _ map[string]any) {
+		{name: "agent error 125 says one line", argv: []string{"x"}, reply: func(t testing.TB, fd int, _ map[string]any) {
 			send(t, fd, `{"type":"error","code":125,"message":"cannot start","notice":"NOTICE"}`)
 		}, wantCode: 125, wantStderr: "lectic-nix-sandbox: cannot start\n", wantNotStderr: "NOTICE"},
-		{name: "agent error 127", argv: []string{"nope"}, reply: func(t *testing.T, fd int, _ map[string]any) {
+		{name: "agent error 127", argv: []string{"nope"}, reply: func(t testing.TB, fd int, _ map[string]any) {
 			send(t, fd, `{"type":"error","code":127,"message":"nope: command not found \u003cin PATH\u003e"}`)
 		}, wantCode: 127, wantStderr: "lectic-nix-sandbox: nope: command not found <in PATH>\n"},
-		{name: "agent error 125", argv: []string{"x"}, reply: func(t *testing.T, fd int, _ map[string]any) {
+		{name: "agent error 125", argv: []string{"x"}, reply: func(t testing.TB, fd int, _ map[string]any) {
 			send(t, fd, `{"type":"error","code":125,"message":"cannot start"}`)
 		}, wantCode: 125, wantStderr: "lectic-nix-sandbox: cannot start\n"},
-		{name: "agent dies after starting", argv: []string{"x"}, reply: func(t *testing.T, fd int, _ map[string]any) {
+		{name: "agent dies after starting", argv: []string{"x"}, reply: func(t testing.TB, fd int, _ map[string]any) {
 			send(t, fd, `{"type":"started","pid":1}`)
 		}, wantCode: 125, wantStderr: "sandbox agent died during the call"},
-		{name: "timeout", argv: []string{"sleep", "9"}, timeout: 100 * time.Millisecond, reply: func(t *testing.T, fd int, _ map[string]any) {
+		{name: "timeout", argv: []string{"sleep", "9"}, timeout: 100 * time.Millisecond, reply: func(t testing.TB, fd int, _ map[string]any) {
 			send(t, fd, `{"type":"started","pid":1}`)
 			m, _, err := recvJSON(fd)
 			if err != nil || m["type"] != "signal" || m["signal"] != float64(15) {
@@ -317,7 +317,7 @@ func TestFastPath(t *testing.T) {
 			}
 			send(t, fd, `{"type":"exit","signal":15}`)
 		}, wantCode: 124},
-		{name: "signal forwarded", argv: []string{"sleep", "9"}, reply: func(t *testing.T, fd int, _ map[string]any) {
+		{name: "signal forwarded", argv: []string{"sleep", "9"}, reply: func(t testing.TB, fd int, _ map[string]any) {
 			send(t, fd, `{"type":"started","pid":1}`)
 			close(started)
 			m, _, err := recvJSON(fd)
@@ -334,7 +334,7 @@ func TestFastPath(t *testing.T) {
 			}
 			p.Signal(syscall.SIGTERM)
 		}, wantCode: 143},
-		{name: "signal trapped by the command", argv: []string{"sh"}, reply: func(t *testing.T, fd int, _ map[string]any) {
+		{name: "signal trapped by the command", argv: []string{"sh"}, reply: func(t testing.TB, fd int, _ map[string]any) {
 			send(t, fd, `{"type":"started","pid":1}`)
 			close(trapStarted)
 			if m, _, err := recvJSON(fd); err != nil || m["signal"] != float64(2) {
@@ -348,10 +348,10 @@ func TestFastPath(t *testing.T) {
 			}
 			p.Signal(syscall.SIGINT)
 		}, wantCode: 130}, // as warm.Run: the call ends as the signal says
-		{name: "agent of another build falls back", argv: []string{"x"}, reply: func(t *testing.T, fd int, _ map[string]any) {
+		{name: "agent of another build falls back", argv: []string{"x"}, reply: func(t testing.TB, fd int, _ map[string]any) {
 			send(t, fd, `{"type":"error","code":125,"reason":"mismatch","message":"other build"}`)
 		}, wantCode: exitFellBack},
-		{name: "agent that never reads falls back", argv: []string{"x"}, reply: func(t *testing.T, fd int, _ map[string]any) {},
+		{name: "agent that never reads falls back", argv: []string{"x"}, reply: func(t testing.TB, fd int, _ map[string]any) {},
 			breakTicket: func(t *testing.T, dir, sock, checked string) {
 				// A listener that never accepts: the request is queued,
 				// then the socket is closed under it.
@@ -591,7 +591,7 @@ func TestTicketTimeoutRange(t *testing.T) {
 // (2^31 ms is about 25 days) is not cut short.
 func TestLongTimeout(t *testing.T) {
 	runFastCase(t, fastCase{argv: []string{"sleep", "1"}, timeout: (1<<32 + 50) * time.Millisecond,
-		reply: func(t *testing.T, fd int, _ map[string]any) {
+		reply: func(t testing.TB, fd int, _ map[string]any) {
 			send(t, fd, `{"type":"started","pid":1}`)
 			time.Sleep(500 * time.Millisecond)
 			send(t, fd, `{"type":"exit","code":0}`)

@@ -21,7 +21,7 @@ import (
 
 // Both sides of the format: fastpath.c reads what this file writes.
 const (
-	materialMagic = "lectic-nix-sandbox fast path v1\n"
+	materialMagic = "lectic-nix-sandbox fast path v2\n"
 	ticketMagic   = "lectic-nix-sandbox ticket 2"
 	// ModeEnv is the variable that turns the fast path off ("off") or makes
 	// it mandatory ("require"). It is left out of a ticket's name.
@@ -186,14 +186,17 @@ func name(p process, inv Invocation) string {
 	for _, kv := range p.config {
 		lp(kv)
 	}
+	// The option words come before their count, so that fastpath.c
+	// names every candidate split of its argv from one running hash.
+	b.WriteString("\nopts\n")
+	for _, w := range inv.Options {
+		lp(w)
+	}
 	term := 0
 	if inv.Terminated {
 		term = 1
 	}
-	fmt.Fprintf(&b, "\nopts %d %d\n", len(inv.Options), term)
-	for _, w := range inv.Options {
-		lp(w)
-	}
+	fmt.Fprintf(&b, "\nsplit %d %d\n", len(inv.Options), term)
 	sum := sha256.Sum256(b.Bytes())
 	return hex.EncodeToString(sum[:16])
 }

@@ -146,6 +146,19 @@ func TestLargeRequests(t *testing.T) {
 				}
 			})
 		}
+		t.Run("one-shot", func(t *testing.T) {
+			// --no-keep-warm: a private agent reads the memfd itself.
+			argv := append([]string{"--no-keep-warm", "sh", "-c", probe, "sh"}, longest)
+			gotArgv, gotEnv := probed(t, call(big, argv...))
+			if !equalStrings(gotArgv, argv[1:]) {
+				t.Fatalf("argv differs")
+			}
+			for _, kv := range big {
+				if !contains(gotEnv, kv) {
+					t.Fatalf("%.40q... is not in the environment", kv)
+				}
+			}
+		})
 		t.Run("past what execve takes", func(t *testing.T) {
 			hostile := imageWithEnv(t, u, "HUGE="+strings.Repeat("x", 600<<10))
 			settle(t, hostile)

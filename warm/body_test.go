@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"testing"
@@ -259,4 +260,70 @@ func firstDiff(a, b string) int {
 		}
 	}
 	return min(len(a), len(b))
+}
+
+// FuzzRunMessageRoundTrip: whatever cwd, argv, environment and withheld
+// names a client sends (inline or, past maxInline, in a memfd), the agent
+// reads back exactly those bytes.
+//
+//	go test ./warm -run '^$' -fuzz FuzzRunMessageRoundTrip -fuzztime 5m
+func FuzzRunMessageRoundTrip(f *testing.F) {
+	f.Add("/w", "ls\x00-la", "PATH=/bin\x00V=\xe9", "GH_TOKEN", uint16(0))
+	f.Add("/caf\xe9", "\xff\xfe\x00\x00", "\xc0=x", "", uint16(40))
+	f.Add("", "", "", "", uint16(0))
+	f.Fuzz(func(t *testing.T, cwd, argv, env, withheld string, pad uint16) {
+		split := func(s string) []string {
+			if s == "" {
+				return nil
+			}
+			return strings.Split(s, "\x00")
+		}
+		m := &message{Type: msgRun, Proto: Proto, Cwd: strings.ReplaceAll(cwd, "\x00", ""),
+			Argv: split(argv), Env: split(env), Withheld: split(withheld)}
+		if pad > 0 {
+			// pad KiB more: past maxInline from 32 on
+			m.Env = append(m.Env, "PAD="+strings.Repeat("\xe9", int(pad%64)<<10))
+		}
+		want := execargs.Args{Cwd: m.Cwd, Argv: m.Argv, Env: m.Env, Withheld: m.Withheld}
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, b := conn{fd: fds[0]}, conn{fd: fds[1]}
+		defer a.close()
+		defer b.close()
+		bodyFD, err := attachBody(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var pass []int
+		if bodyFD >= 0 {
+			defer unix.Close(bodyFD)
+			pass = []int{bodyFD}
+		}
+		if (bodyFD >= 0) != (m.Body > maxInline) {
+			t.Fatalf("a body of %d bytes sent with memfd %v", m.Body, bodyFD >= 0)
+		}
+		if err := a.send(m, pass...); err != nil {
+			t.Fatal(err)
+		}
+		got, gotFDs, err := b.recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer closeAll(gotFDs)
+		if err := got.loadBody(gotFDs); err != nil {
+			t.Fatal(err)
+		}
+		norm := func(l []string) []string {
+			if len(l) == 0 {
+				return nil
+			}
+			return l
+		}
+		if got.Cwd != want.Cwd || !reflect.DeepEqual(norm(got.Argv), norm(want.Argv)) ||
+			!reflect.DeepEqual(norm(got.Env), norm(want.Env)) || !reflect.DeepEqual(norm(got.Withheld), norm(want.Withheld)) {
+			t.Fatalf("round trip changed the request:\n got %q %q %q %q\nwant %q", got.Cwd, got.Argv, got.Env, got.Withheld, want)
+		}
+	})
 }

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/execargs"
 )
 
 // Proto is the version of the wire protocol between client and agent. A
@@ -17,11 +19,8 @@ import (
 const Proto = 2
 
 // maxInline is the largest run body that travels in the request's own
-// packet. A SOCK_SEQPACKET message must fit the sender's socket buffer
-// (net.core.wmem_default, about 208 KiB), so anything larger goes in a
-// sealed memfd passed with the request instead: a request may be as large
-// as execve allows (execargs.MaxExec), never more than one packet long.
-const maxInline = 32 << 10
+// packet (execargs.MaxInline); a larger one comes in a sealed memfd.
+const maxInline = execargs.MaxInline
 
 // maxMessage bounds one packet: a JSON header and an inline body.
 const maxMessage = maxInline + 32<<10

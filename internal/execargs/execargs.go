@@ -15,6 +15,14 @@ import (
 // the same number.
 const MaxExec = 6 << 20
 
+// MaxInline is the largest body a run request carries in its own packet.
+// A SOCK_SEQPACKET message must fit the sender's socket buffer
+// (net.core.wmem_default, about 208 KiB), so a larger body goes in a
+// sealed memfd passed with the request instead: a request may be as large
+// as execve allows, never more than one packet long. fastpath.c's
+// MAX_INLINE is the same number.
+const MaxInline = 32 << 10
+
 // MaxBody bounds a body a reader accepts: the strings execve can take, a
 // working directory of PATH_MAX bytes, and the withheld names, which are
 // names of the caller's own environment and so bounded by MaxExec too.
