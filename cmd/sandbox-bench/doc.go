@@ -19,6 +19,9 @@
 //	                container), timed alternately with warm_exec: what the
 //	                default filter and limits cost
 //	warm_exec_sh    `sh -c 'echo hi'` into it (output checked once)
+//	warm_exec_env10k  a `sh -c` call like warm_exec_sh with 10,000 more
+//	                variables in the caller's environment: the fast path's
+//	                environment work (warm_exec_sh is its baseline)
 //	parallel_16     16 clients at once into it; per-call latency
 //	parallel_16_bare  the same 16 clients running host busybox `true`, no
 //	                sandbox: what the machine's cores allow parallel_16

@@ -34,6 +34,7 @@ func (b *bench) runAll(ctx context.Context) []Result {
 	var loadErr error
 	run([]string{"bwrap"}, func() []Result { rootfs, loadErr = b.load(ctx); return nil })
 	run([]string{"warm_exec", "warm_exec_unconfined", "warm_exec_baseline"}, func() []Result { return b.warmExec(ctx) })
+	run([]string{"warm_exec_env10k"}, one(b.warmExecEnv))
 	run([]string{"warm_exec_sh"}, one(b.warmExecSh))
 	run([]string{"parallel_16"}, one(b.parallel16))
 	run([]string{"parallel_16_bare"}, one(b.parallel16Bare))
@@ -197,6 +198,30 @@ func (b *bench) recordAll(runs []*pairRun, err error) []Result {
 		out[i] = b.record(*pr.r, pr.samples, err)
 	}
 	return out
+}
+
+// bigEnv is how many variables warm_exec_env10k adds to the caller's
+// environment.
+const bigEnv = 10000
+
+// warmExecEnv is warm_exec with ten thousand more variables in the
+// caller's environment, every one of which the fast path filters and
+// passes on: its cost over warm_exec, in the same run, is the fast path's
+// environment work.
+func (b *bench) warmExecEnv(ctx context.Context) Result {
+	p := b.sandbox(b.warmArgs("sh", "-c", `echo "$BENCH_VAR_9999"`)...)
+	for i := range bigEnv {
+		p.env = append(p.env, fmt.Sprintf("BENCH_VAR_%d=value %d", i, i))
+	}
+	r := Result{Name: "warm_exec_env10k", Kind: kindSandbox, Command: fmt.Sprintf("(%d variables BENCH_VAR_i) %s", bigEnv, shellJoin(p.argv[1:])),
+		Note: fmt.Sprintf("warm_exec_sh with %d more variables in the caller's environment; warm_exec_sh of the same run is the baseline", bigEnv)}
+	b.logf("warm_exec_env10k")
+	if err := verify(ctx, p, fmt.Sprintf("value %d\n", bigEnv-1)); err != nil {
+		return b.record(r, nil, err)
+	}
+	r.Note += b.fastPathNote(ctx, p)
+	samples, err := b.measure(ctx, b.plan.Fast, b.timed(p))
+	return b.record(r, samples, err)
 }
 
 // checkWarm makes sure warm_exec was warm: with no container listed, every
