@@ -5,6 +5,8 @@
 // --doctor (Doctor, and IsProbe/RunProbe for the probe children: main must
 // run `if namespace.IsProbe() { os.Exit(namespace.RunProbe()) }` early,
 // beside the IsInit check, or the doctor's namespace probes fail).
+// Init must be called from main's goroutine, which the package keeps on
+// the process's main thread in an init process (init.go says why).
 //
 // The --doctor probe of the allow-list's network runs package netfwd's
 // Probe in the same kind of process the supervisor is.

@@ -29,6 +29,11 @@ const (
 
 func TestMain(m *testing.M) {
 	if IsInit() {
+		if os.Args[0] == leaveMainThreadArg0 {
+			// What a loaded machine's scheduler may do to the init
+			// before Init: move main's goroutine to another thread.
+			fmt.Fprintf(os.Stderr, "leave-main-thread: moved=%v\n", leaveMainThread())
+		}
 		Init()
 	}
 	if IsProbe() {
@@ -44,6 +49,11 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	case "doctor":
 		os.Exit(runDoctorStage())
+	case "leave-main-thread":
+		fmt.Printf("moved=%v\n", leaveMainThread())
+		os.Exit(0)
+	case "init-off-main":
+		runInitOffMain()
 	}
 	os.Exit(m.Run())
 }
@@ -57,7 +67,10 @@ type job struct {
 	DoneMarker string
 	Loop       int    // >0: benchmark loop of Loop containers; the init must exit by itself
 	ExtraFile  string // opened read-only and passed as the init's fd 3
-	Result     string
+	// LeaveMainThread makes the init try to move main's goroutine off
+	// the main thread before Init and say on stderr whether it could.
+	LeaveMainThread bool
+	Result          string
 }
 
 type jobResult struct {
@@ -95,6 +108,12 @@ func runSupervisorStage() int {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "supervisor: read job:", err)
 		return 125
+	}
+	if j.LeaveMainThread {
+		// libcontainer gives the init our argv[0]; it is the only word
+		// the init can read before Init (its environment is
+		// libcontainer's).
+		os.Args[0] = leaveMainThreadArg0
 	}
 	res := runJob(j)
 	out, _ := json.Marshal(res)
