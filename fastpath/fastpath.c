@@ -631,12 +631,47 @@ static int parse_timeout(const char *s, long long *ns)
 	return 0;
 }
 
-/* stat_state formats a stat as ticket.go's stateOf does. */
+/*
+ * real_state formats what path resolves to as ticket.go's Observe does for
+ * a "real" check: the first 16 bytes of the SHA-256 of the resolved path,
+ * in hex.
+ */
+static int real_state(const char *path, char *out, size_t len)
+{
+	static const char hex[] = "0123456789abcdef";
+	struct sha256 h;
+	uint8_t sum[32];
+	char *rp = realpath(path, NULL);
+	int i;
+
+	if (!rp) {
+		if (errno != ENOENT && errno != ENOTDIR)
+			return -1;
+		snprintf(out, len, "absent");
+		return 0;
+	}
+	sha256_init(&h);
+	sha256_update(&h, rp, strlen(rp));
+	sha256_final(&h, sum);
+	free(rp);
+	if (len < 33)
+		return -1;
+	for (i = 0; i < 16; i++) {
+		out[2 * i] = hex[sum[i] >> 4];
+		out[2 * i + 1] = hex[sum[i] & 15];
+	}
+	out[32] = 0;
+	return 0;
+}
+
+/* stat_state formats a stat as ticket.go's Observe does. */
 static int stat_state(const char *kind, const char *path, char *out, size_t len)
 {
 	struct stat st;
 	int r;
 
+	if (!strcmp(kind, "real"))
+		return real_state(path, out, len);
 	if (!strcmp(kind, "lstat"))
 		r = lstat(path, &st);
 	else if (!strcmp(kind, "stat") || !strcmp(kind, "id"))

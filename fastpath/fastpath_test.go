@@ -369,6 +369,34 @@ func TestFastPath(t *testing.T) {
 					t.Fatal(err)
 				}
 			}, wantCode: exitFellBack},
+		{name: "rewritten with the same size and mtime falls back", argv: []string{"x"}, reply: exitWith(0, 0),
+			breakTicket: func(t *testing.T, dir, sock, checked string) {
+				// A wrapper rebuilt in place: only the ctime tells.
+				st, err := os.Stat(checked)
+				if err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(10 * time.Millisecond)
+				if err := os.WriteFile(checked, []byte("IMAGE"), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Chtimes(checked, st.ModTime(), st.ModTime()); err != nil {
+					t.Fatal(err)
+				}
+			}, wantCode: exitFellBack},
+		{name: "result pointed elsewhere falls back", argv: []string{"x"}, reply: exitWith(0, 0),
+			breakTicket: func(t *testing.T, dir, sock, checked string) {
+				// The new target is the same inode, stat data and all:
+				// only what the link resolves to tells.
+				result := filepath.Join(filepath.Dir(checked), "result")
+				tmp := result + ".new"
+				if err := os.Symlink("alias.tar", tmp); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Rename(tmp, result); err != nil {
+					t.Fatal(err)
+				}
+			}, wantCode: exitFellBack},
 		{name: "checked file removed falls back", argv: []string{"x"}, reply: exitWith(0, 0),
 			breakTicket: func(t *testing.T, dir, sock, checked string) { os.Remove(checked) }, wantCode: exitFellBack},
 		{name: "another option falls back", opts: []string{"--image", "/img.tar"}, argv: []string{"--allow-net", "true"}, reply: exitWith(0, 0), wantCode: exitFellBack},
@@ -401,15 +429,29 @@ func runFastCase(t *testing.T, tc fastCase) {
 		t.Fatal("Dir is not absolute")
 	}
 	sock := filepath.Join(tmp, "agent.sock")
+	// The image is reached through a `result` symlink, and checked as the
+	// CLI checks an --image file: its stat through the link, and the path
+	// the link resolves to. alias.tar is the same inode under another name.
 	checked := filepath.Join(tmp, "image.tar")
 	if err := os.WriteFile(checked, []byte("image"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	c, err := Observe(Stat, checked)
+	if err := os.Link(checked, filepath.Join(tmp, "alias.tar")); err != nil {
+		t.Fatal(err)
+	}
+	result := filepath.Join(tmp, "result")
+	if err := os.Symlink("image.tar", result); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Observe(Stat, result)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c.changed = time.Time{} // the racy rule is tested on its own
+	real, err := Observe(Real, result)
+	if err != nil {
+		t.Fatal(err)
+	}
 	imageEnv := tc.imageEnv
 	if imageEnv == nil {
 		imageEnv = []string{"PATH=/bin", "LANG=C"}
@@ -419,7 +461,7 @@ func runFastCase(t *testing.T, tc fastCase) {
 	head := `{"type":"run","proto":2,"build":"b1","user":{"mode":"caller","uid":1,"gid":1},"ttl_seconds":900}`
 	inv := Invocation{Options: tc.opts, Terminated: tc.term}
 	if err := Write(dir, inv, Ticket{Socket: sock, Request: []byte(head), Cwd: "/w\xe9", Env: recipe, Timeout: tc.timeout,
-		Warnings: []string{"--podman-exe is ignored"}, Checks: []Check{c}}); err != nil {
+		Warnings: []string{"--podman-exe is ignored"}, Checks: []Check{c, real}}); err != nil {
 		t.Fatal(err)
 	}
 	seen := fakeAgent(t, sock, tc.reply)

@@ -46,6 +46,11 @@ const (
 	// to: for directories that are bound into the container, whose content
 	// changes all the time but whose identity decides the mount.
 	Identity Kind = "id"
+	// Real compares the path a path resolves to, every symlink followed:
+	// a `result` link that nix points at a new build changes it even where
+	// the two builds' files stat alike. The state is a hash of that path,
+	// so a ticket record holds no spaces.
+	Real Kind = "real"
 )
 
 // Check is one file a ticket depends on, with the state it must still
@@ -61,6 +66,9 @@ type Check struct {
 // Observe records the current state of path. A missing path is a state
 // ("absent"); any other stat error is returned.
 func Observe(kind Kind, path string) (Check, error) {
+	if kind == Real {
+		return observeReal(path)
+	}
 	var st unix.Stat_t
 	var err error
 	switch kind {
@@ -82,6 +90,28 @@ func Observe(kind Kind, path string) (Check, error) {
 	default:
 		c.State = fmt.Sprintf("%o:%d:%d:%d:%d:%d", st.Mode, st.Size, st.Mtim.Nano(), st.Ctim.Nano(), st.Ino, st.Dev)
 		c.changed = time.Unix(0, max(st.Mtim.Nano(), st.Ctim.Nano()))
+	}
+	return c, nil
+}
+
+// observeReal records what path resolves to, as realpath(3) in
+// fastpath.c's real_state resolves it.
+func observeReal(path string) (Check, error) {
+	c := Check{Kind: Real, Path: path}
+	resolved, err := filepath.EvalSymlinks(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENOTDIR):
+		c.State = "absent"
+	case err != nil:
+		return Check{}, fmt.Errorf("fast path: resolve %s: %w", path, err)
+	default:
+		if !filepath.IsAbs(resolved) {
+			if resolved, err = filepath.Abs(resolved); err != nil {
+				return Check{}, fmt.Errorf("fast path: resolve %s: %w", path, err)
+			}
+		}
+		sum := sha256.Sum256([]byte(resolved))
+		c.State = hex.EncodeToString(sum[:16])
 	}
 	return c, nil
 }

@@ -52,6 +52,20 @@ func TestObserve(t *testing.T) {
 	if holds(c) {
 		t.Error("a check still holds after its file was rewritten")
 	}
+	// Real: what a path resolves to, the same for every way to it.
+	r1, err1 := Observe(Real, link)
+	r2, err2 := Observe(Real, file)
+	r3, err3 := Observe(Real, filepath.Join(dir, "missing"))
+	if err1 != nil || err2 != nil || err3 != nil || r1.State != r2.State || len(r1.State) != 32 || r3.State != "absent" {
+		t.Errorf("Observe(Real): %q %q %q (%v %v %v)", r1.State, r2.State, r3.State, err1, err2, err3)
+	}
+	other := filepath.Join(dir, "g")
+	os.WriteFile(other, nil, 0o644)
+	os.Remove(link)
+	os.Symlink("g", link)
+	if holds(r1) {
+		t.Error("a real check still holds after its symlink was pointed elsewhere")
+	}
 	if _, err := Observe("readdir", file); err == nil {
 		t.Error("an unknown kind was accepted")
 	}
