@@ -2,27 +2,36 @@ package nixload
 
 import (
 	"archive/tar"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/flagvalue"
 )
 
-// Limits caps what one image may put on disk. A header claiming more than
-// MaxFileBytes is rejected before anything of it is written.
+// Limits caps what one load may unpack. A header claiming more than
+// what is left is rejected before anything of it is written.
 type Limits struct {
-	MaxTotalBytes int64 // sum of regular file sizes over all layers of one image
-	MaxEntries    int64 // tar entries over all layers of one image
-	MaxFileBytes  int64 // one regular file
+	// MaxTotalBytes caps the sum of the regular files' sizes (holes
+	// included) that one load unpacks, over all layers.
+	MaxTotalBytes int64
+	MaxEntries    int64 // tar entries over all layers of one load
 }
+
+// DefaultMaxImageBytes is the default cap on what one image unpacks to:
+// above the largest images in common use, below what fills a disk.
+const DefaultMaxImageBytes = 32 << 30
 
 // DefaultLimits are generous for real images and still stop bombs.
 func DefaultLimits() Limits {
-	return Limits{MaxTotalBytes: 64 << 30, MaxEntries: 4 << 20, MaxFileBytes: 16 << 30}
+	return Limits{MaxTotalBytes: DefaultMaxImageBytes, MaxEntries: 4 << 20}
 }
 
 // budget is what remains of the Limits during one load.
@@ -30,7 +39,7 @@ type budget struct {
 	lim     Limits
 	bytes   int64
 	entries int64
-	skipped int64 // devices and fifos, which are never created
+	devices []string // device nodes skipped, which a rootless loader cannot make
 }
 
 const whiteoutPrefix = ".wh."
@@ -47,10 +56,15 @@ func (e *entryError) Unwrap() error { return e.err }
 var (
 	errEscape  = errors.New("path escapes the image root")
 	errNUL     = errors.New("name contains a NUL byte")
-	errTooBig  = errors.New("file is larger than the per-file limit")
-	errTotal   = errors.New("image is larger than the total size limit")
 	errEntries = errors.New("image has more entries than the limit")
 )
+
+// LimitError is a load stopped by Limits.MaxTotalBytes.
+type LimitError struct{ Limit int64 }
+
+func (e *LimitError) Error() string {
+	return fmt.Sprintf("the image unpacks to more than %s, the limit for one image; if you trust it, raise the limit with --max-image-size", flagvalue.HumanSize(e.Limit))
+}
 
 // cleanName turns a member name into in-root path components: a leading "/"
 // or "./" is dropped, "." components vanish, ".." and NUL are rejected.
@@ -83,6 +97,7 @@ type extractor struct {
 	// dirTimes are applied after the layer is written, since adding
 	// entries changes a directory's mtime.
 	dirTimes []dirTime
+	rec      layerRecord // the directory modes the stored tree does not show
 }
 
 type dirTime struct {
@@ -96,7 +111,8 @@ func newExtractor(ctx context.Context, dir string, b *budget, buf []byte) (*extr
 	if err != nil {
 		return nil, fmt.Errorf("open layer dir: %w", err)
 	}
-	return &extractor{ctx: ctx, rootFd: fd, b: b, buf: buf, dirs: map[string]int{}}, nil
+	return &extractor{ctx: ctx, rootFd: fd, b: b, buf: buf, dirs: map[string]int{},
+		rec: layerRecord{Modes: map[string]uint32{}, implicit: map[string]bool{}}}, nil
 }
 
 func (x *extractor) close() {
@@ -133,6 +149,17 @@ func (x *extractor) extract(r io.Reader) error {
 	}
 }
 
+// record is the layer's record once it is extracted.
+func (x *extractor) record() *layerRecord {
+	r := x.rec
+	r.Implicit = make([]string, 0, len(r.implicit))
+	for p := range r.implicit {
+		r.Implicit = append(r.Implicit, p)
+	}
+	sort.Strings(r.Implicit)
+	return &r
+}
+
 func (x *extractor) entry(h *tar.Header, r io.Reader) error {
 	comps, err := cleanName(h.Name)
 	if err != nil {
@@ -143,28 +170,51 @@ func (x *extractor) entry(h *tar.Header, r io.Reader) error {
 		return errEntries
 	}
 	if len(comps) == 0 {
+		if h.Typeflag == tar.TypeDir {
+			x.recordMode(".", h.Mode)
+		}
 		return nil // the layer root itself
 	}
 	parent, base := comps[:len(comps)-1], comps[len(comps)-1]
+	if strings.HasPrefix(base, whiteoutPrefix) {
+		return x.whiteout(parent, base)
+	}
 	switch h.Typeflag {
 	case tar.TypeDir:
 		return x.dir(parent, base, h)
 	case tar.TypeReg, tar.TypeRegA, tar.TypeGNUSparse:
-		if strings.HasPrefix(base, whiteoutPrefix) {
-			return x.marker(parent, base)
-		}
 		return x.file(parent, base, h, r)
 	case tar.TypeSymlink:
 		return x.symlink(parent, base, h)
 	case tar.TypeLink:
 		return x.hardlink(parent, base, h.Linkname)
-	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
-		x.b.skipped++
+	case tar.TypeFifo:
+		return x.fifo(parent, base, h)
+	case tar.TypeChar, tar.TypeBlock:
+		x.b.devices = append(x.b.devices, strings.Join(comps, "/"))
 		return nil
 	default:
 		return nil // metadata-only types (PAX/GNU headers are consumed by the reader)
 	}
 }
+
+// whiteout checks a whiteout entry's name and records it as a marker. The
+// marker's own type and content do not matter (as for containerd); a name
+// that would delete the directory itself or its parent is refused.
+func (x *extractor) whiteout(parent []string, base string) error {
+	switch target := strings.TrimPrefix(base, whiteoutPrefix); {
+	case base == opaqueMarker:
+	case strings.HasPrefix(base, whiteoutPrefix+whiteoutPrefix):
+		return nil // other ".wh..wh." names are aufs metadata, ignored as containerd does
+	case !validWhiteoutTarget(target):
+		return fmt.Errorf("invalid whiteout: %q would delete no entry of its directory (only .wh.NAME and %s are whiteouts)", base, opaqueMarker)
+	}
+	return x.marker(parent, base)
+}
+
+// validWhiteoutTarget is a name a ".wh." whiteout may delete: never the
+// directory itself or its parent.
+func validWhiteoutTarget(name string) bool { return name != "" && name != "." && name != ".." }
 
 // applyDirTimes sets directory mtimes, deepest last-seen first.
 func (x *extractor) applyDirTimes() error {
@@ -218,7 +268,10 @@ func (x *extractor) mkdirParent(comps []string) (int, error) {
 		return -1, err
 	}
 	last := comps[len(comps)-1]
-	if err := unix.Mkdirat(up, last, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
+	err = unix.Mkdirat(up, last, 0o755)
+	if err == nil {
+		x.rec.implicit[strings.Join(comps, "/")] = true
+	} else if !errors.Is(err, unix.EEXIST) {
 		return -1, err
 	}
 	fd, err := unix.Openat(up, last, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
@@ -247,24 +300,57 @@ func (x *extractor) resolve(rel string) (int, error) {
 	}
 }
 
-// dirMode keeps the image's mode but always u+rwx, so the cache stays
-// removable and renamable, and never setuid/setgid.
-func dirMode(m int64) uint32 { return uint32(m)&0o1777 | 0o700 }
+// imageMode is what the image may set: permissions and the sticky bit.
+// setuid and setgid are never kept.
+func imageMode(m int64) uint32 { return uint32(m) & 0o1777 }
+
+// storedDirMode is how the store keeps a directory of a layer: the
+// image's mode plus u+rwx, so the store can always add to, read and
+// remove its own copy. The image's mode goes to the layer's record when
+// it differs, and is what the assembled tree shows.
+func storedDirMode(m int64) uint32 { return imageMode(m) | 0o700 }
 
 // fileMode strips setuid, setgid and sticky.
 func fileMode(m int64) uint32 { return uint32(m) & 0o777 }
+
+// recordMode notes a directory's image mode where the stored one differs.
+func (x *extractor) recordMode(rel string, mode int64) {
+	if imageMode(mode) != storedDirMode(mode) {
+		x.rec.Modes[rel] = imageMode(mode)
+	} else {
+		delete(x.rec.Modes, rel)
+	}
+}
+
+// forgetBelow drops the record of a directory removed from the layer.
+func (x *extractor) forgetBelow(rel string) {
+	delete(x.rec.implicit, rel)
+	delete(x.rec.Modes, rel)
+	prefix := rel + "/"
+	for p := range x.rec.Modes {
+		if strings.HasPrefix(p, prefix) {
+			delete(x.rec.Modes, p)
+		}
+	}
+	for p := range x.rec.implicit {
+		if strings.HasPrefix(p, prefix) {
+			delete(x.rec.implicit, p)
+		}
+	}
+}
 
 func (x *extractor) dir(parent []string, base string, h *tar.Header) error {
 	pfd, err := x.parentFd(parent)
 	if err != nil {
 		return err
 	}
+	rel := strings.Join(append(parent[:len(parent):len(parent)], base), "/")
 	var st unix.Stat_t
 	err = unix.Fstatat(pfd, base, &st, unix.AT_SYMLINK_NOFOLLOW)
 	switch {
 	case err == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR:
 	case err == nil:
-		if err := x.removeAt(pfd, base, &st); err != nil {
+		if err := x.removeAt(pfd, base, rel, &st); err != nil {
 			return err
 		}
 		fallthrough
@@ -280,15 +366,17 @@ func (x *extractor) dir(parent []string, base string, h *tar.Header) error {
 		return fmt.Errorf("open directory: %w", err)
 	}
 	defer unix.Close(fd)
-	if err := unix.Fchmod(fd, dirMode(h.Mode)); err != nil {
+	if err := unix.Fchmod(fd, storedDirMode(h.Mode)); err != nil {
 		return fmt.Errorf("chmod directory: %w", err)
 	}
+	delete(x.rec.implicit, rel)
+	x.recordMode(rel, h.Mode)
 	x.dirTimes = append(x.dirTimes, dirTime{parent: parent, base: base, mtime: h.ModTime})
 	return setXattrs(fd, h)
 }
 
 // removeAt deletes an existing entry that a later entry replaces.
-func (x *extractor) removeAt(pfd int, name string, st *unix.Stat_t) error {
+func (x *extractor) removeAt(pfd int, name, rel string, st *unix.Stat_t) error {
 	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
 		if err := unix.Unlinkat(pfd, name, 0); err != nil {
 			return fmt.Errorf("replace: %w", err)
@@ -296,6 +384,7 @@ func (x *extractor) removeAt(pfd int, name string, st *unix.Stat_t) error {
 		return nil
 	}
 	x.forgetDirs()
+	x.forgetBelow(rel)
 	if err := removeTreeAt(pfd, name); err != nil {
 		return fmt.Errorf("replace directory: %w", err)
 	}
@@ -345,7 +434,7 @@ func readDirNames(fd int) ([]string, error) {
 
 // create runs mk, and when the name is taken, removes the old entry once
 // and retries: a later tar entry replaces an earlier one.
-func (x *extractor) create(pfd int, base string, mk func() error) error {
+func (x *extractor) create(pfd int, parent []string, base string, mk func() error) error {
 	err := mk()
 	if !errors.Is(err, unix.EEXIST) {
 		return err
@@ -354,18 +443,19 @@ func (x *extractor) create(pfd int, base string, mk func() error) error {
 	if err := unix.Fstatat(pfd, base, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return fmt.Errorf("stat: %w", err)
 	}
-	if err := x.removeAt(pfd, base, &st); err != nil {
+	rel := strings.Join(append(parent[:len(parent):len(parent)], base), "/")
+	if err := x.removeAt(pfd, base, rel, &st); err != nil {
 		return err
 	}
 	return mk()
 }
 
 func (x *extractor) file(parent []string, base string, h *tar.Header, r io.Reader) error {
-	if h.Size < 0 || h.Size > x.b.lim.MaxFileBytes {
-		return fmt.Errorf("%w (%d bytes claimed)", errTooBig, h.Size)
+	if h.Size < 0 {
+		return fmt.Errorf("invalid size %d", h.Size)
 	}
-	if x.b.bytes+h.Size > x.b.lim.MaxTotalBytes {
-		return errTotal
+	if h.Size > x.b.lim.MaxTotalBytes-x.b.bytes {
+		return &LimitError{Limit: x.b.lim.MaxTotalBytes}
 	}
 	x.b.bytes += h.Size
 	pfd, err := x.parentFd(parent)
@@ -373,7 +463,7 @@ func (x *extractor) file(parent []string, base string, h *tar.Header, r io.Reade
 		return err
 	}
 	fd := -1
-	err = x.create(pfd, base, func() error {
+	err = x.create(pfd, parent, base, func() error {
 		var e error
 		fd, e = unix.Openat(pfd, base, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 		return e
@@ -397,39 +487,92 @@ func (x *extractor) file(parent []string, base string, h *tar.Header, r io.Reade
 	return nil
 }
 
+// holeBlock is the granularity at which runs of zeros become holes: a
+// file system block.
+const holeBlock = 4096
+
+var zeroBlock [holeBlock]byte
+
+// copyBody writes size bytes of r to fd, skipping (not writing) every
+// block-aligned run of zeros, so a sparse file, or a run of zeros a
+// compressor made tiny, stays a hole on disk instead of filling it.
 func (x *extractor) copyBody(fd int, r io.Reader, size int64) error {
-	var done int64
-	for done < size {
-		n, err := r.Read(x.buf)
+	var off, end int64 // end: just past the last byte written
+	for off < size {
+		want := int64(len(x.buf))
+		if rest := size - off; rest < want {
+			want = rest
+		}
+		n, err := io.ReadFull(r, x.buf[:want])
 		if n > 0 {
-			if werr := writeFull(fd, x.buf[:n]); werr != nil {
+			last, werr := writeSparse(fd, x.buf[:n], off)
+			if werr != nil {
 				return fmt.Errorf("write: %w", werr)
 			}
-			done += int64(n)
+			end = max(end, last)
+			off += int64(n)
 		}
-		if errors.Is(err, io.EOF) {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			break
 		}
 		if err != nil {
 			return fmt.Errorf("read: %w", err)
 		}
 	}
-	if done != size {
+	if off != size {
 		return fmt.Errorf("read: %w", io.ErrUnexpectedEOF)
+	}
+	if end < size {
+		// A file ending in a hole gets its length from the truncate.
+		if err := unix.Ftruncate(fd, size); err != nil {
+			return fmt.Errorf("set size: %w", err)
+		}
 	}
 	return nil
 }
 
-func writeFull(fd int, b []byte) error {
+// writeSparse writes b at file offset off, leaving out the blocks (aligned
+// to holeBlock in the file) that are all zeros. last is the file offset
+// just past the last byte it wrote (0 if none).
+func writeSparse(fd int, b []byte, off int64) (last int64, err error) {
 	for len(b) > 0 {
-		n, err := unix.Write(fd, b)
+		// The piece up to the next block boundary of the file.
+		n := holeBlock - int(off%holeBlock)
+		if n > len(b) {
+			n = len(b)
+		}
+		if bytes.Equal(b[:n], zeroBlock[:n]) {
+			b, off = b[n:], off+int64(n)
+			continue
+		}
+		// Extend the write over following non-zero blocks.
+		end := n
+		for end < len(b) {
+			m := min(holeBlock, len(b)-end)
+			if bytes.Equal(b[end:end+m], zeroBlock[:m]) {
+				break
+			}
+			end += m
+		}
+		if err := pwriteFull(fd, b[:end], off); err != nil {
+			return last, err
+		}
+		b, off = b[end:], off+int64(end)
+		last = off
+	}
+	return last, nil
+}
+
+func pwriteFull(fd int, b []byte, off int64) error {
+	for len(b) > 0 {
+		n, err := unix.Pwrite(fd, b, off)
 		if errors.Is(err, unix.EINTR) {
 			continue
 		}
 		if err != nil {
 			return err
 		}
-		b = b[n:]
+		b, off = b[n:], off+int64(n)
 	}
 	return nil
 }
@@ -441,7 +584,12 @@ func (x *extractor) marker(parent []string, base string) error {
 	if err != nil {
 		return err
 	}
-	fd, err := unix.Openat(pfd, base, unix.O_WRONLY|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	fd := -1
+	err = x.create(pfd, parent, base, func() error {
+		var e error
+		fd, e = unix.Openat(pfd, base, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+		return e
+	})
 	if err != nil {
 		return fmt.Errorf("whiteout: %w", err)
 	}
@@ -457,7 +605,7 @@ func (x *extractor) symlink(parent []string, base string, h *tar.Header) error {
 	if err != nil {
 		return err
 	}
-	if err := x.create(pfd, base, func() error { return unix.Symlinkat(target, pfd, base) }); err != nil {
+	if err := x.create(pfd, parent, base, func() error { return unix.Symlinkat(target, pfd, base) }); err != nil {
 		return fmt.Errorf("symlink: %w", err)
 	}
 	if err := setMtime(pfd, base, h.ModTime); err != nil {
@@ -466,8 +614,29 @@ func (x *extractor) symlink(parent []string, base string, h *tar.Header) error {
 	return nil
 }
 
-// hardlink links to a regular file this layer already holds; the target's
-// parent is resolved in the root and the target itself is never followed.
+// fifo makes a named pipe; mkfifo needs no privilege.
+func (x *extractor) fifo(parent []string, base string, h *tar.Header) error {
+	pfd, err := x.parentFd(parent)
+	if err != nil {
+		return err
+	}
+	if err := x.create(pfd, parent, base, func() error { return unix.Mkfifoat(pfd, base, fileMode(h.Mode)) }); err != nil {
+		return fmt.Errorf("mkfifo: %w", err)
+	}
+	// mkfifo's mode is masked by the umask; the image's mode stands.
+	if err := unix.Fchmodat(pfd, base, fileMode(h.Mode), 0); err != nil {
+		return fmt.Errorf("chmod: %w", err)
+	}
+	if err := setMtime(pfd, base, h.ModTime); err != nil {
+		return fmt.Errorf("set mtime: %w", err)
+	}
+	return nil
+}
+
+// hardlink links to an entry (of any kind but a directory) this layer
+// already holds: a regular file, a symlink or a FIFO, as podman and
+// docker accept. The target's parent is resolved in the root, and the
+// target itself is linked, never followed.
 func (x *extractor) hardlink(parent []string, base, target string) error {
 	tcomps, err := cleanName(target)
 	if err != nil {
@@ -476,6 +645,7 @@ func (x *extractor) hardlink(parent []string, base, target string) error {
 	if len(tcomps) == 0 {
 		return fmt.Errorf("hardlink target %q: not a file", target)
 	}
+	notHere := fmt.Errorf("hardlink target %q is not an entry already in this layer (or is a directory)", target)
 	var tfd int
 	if len(tcomps) == 1 {
 		tfd, err = unix.Dup(x.rootFd)
@@ -483,19 +653,28 @@ func (x *extractor) hardlink(parent []string, base, target string) error {
 		tfd, err = x.resolve(strings.Join(tcomps[:len(tcomps)-1], "/"))
 	}
 	if err != nil {
-		return fmt.Errorf("hardlink target %q is not a regular file already in this layer", target)
+		return notHere
 	}
 	defer unix.Close(tfd)
 	tbase := tcomps[len(tcomps)-1]
 	var st unix.Stat_t
-	if err := unix.Fstatat(tfd, tbase, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return fmt.Errorf("hardlink target %q is not a regular file already in this layer", target)
+	if err := unix.Fstatat(tfd, tbase, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return notHere
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG, unix.S_IFLNK, unix.S_IFIFO:
+	default:
+		return notHere
+	}
+	if strings.HasPrefix(tbase, whiteoutPrefix) {
+		return notHere // a whiteout marker is no entry of the image
 	}
 	pfd, err := x.parentFd(parent)
 	if err != nil {
 		return err
 	}
-	if err := x.create(pfd, base, func() error { return unix.Linkat(tfd, tbase, pfd, base, 0) }); err != nil {
+	// linkat without AT_SYMLINK_FOLLOW links a symlink itself.
+	if err := x.create(pfd, parent, base, func() error { return unix.Linkat(tfd, tbase, pfd, base, 0) }); err != nil {
 		return fmt.Errorf("hardlink: %w", err)
 	}
 	return nil

@@ -12,7 +12,6 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"time"
 
@@ -78,6 +77,7 @@ type plan struct {
 	layerNames []string // member names (docker) or blob paths (OCI)
 	diffIDs    []string
 	config     ocispec.ImageConfig
+	id         string // the config's digest: the image's identity
 }
 
 // blobGetter returns a JSON member by normalised name.
@@ -95,11 +95,41 @@ func (l *load) archiveBlob(name string) ([]byte, error) {
 func (l *load) plan(get blobGetter) (*plan, error) {
 	switch {
 	case l.docker != nil:
-		return dockerPlan(l.docker, get)
+		return dockerPlan(l.docker, get, l.ref)
 	case l.index != nil:
-		return ociPlan(l.index, get)
+		return ociPlan(l.index, get, l.ref)
 	}
-	return nil, errors.New("no manifest.json or index.json found: not a docker-archive or OCI image")
+	return nil, errNotImage
+}
+
+var (
+	errNotImage = errors.New("not an image: the tar has no manifest.json or index.json at its top, " +
+		"as a docker-archive or an OCI image layout has; pass an image file (docker save, podman save, nix build of a dockerTools image)")
+	errDirLayoutTar = errors.New("this is a containers-image dir: layout packed in a tar, which is not an image archive; " +
+		"unpack it and convert it with skopeo copy dir:DIR oci-archive:IMAGE.tar (or docker-archive:IMAGE.tar), then pass IMAGE.tar")
+)
+
+// checkImageRef refuses early, as soon as the top-level manifest is read,
+// an archive whose images the user did not choose among: nothing of it
+// needs unpacking.
+func (l *load) checkImageRef() error {
+	switch {
+	case l.docker != nil:
+		ms, err := parseDockerManifest(l.docker)
+		if err != nil {
+			return err
+		}
+		_, err = chooseDocker(ms, l.ref)
+		return err
+	case l.index != nil:
+		var idx ocispec.Index
+		if err := json.Unmarshal(l.index, &idx); err != nil {
+			return fmt.Errorf("index.json: %w", err)
+		}
+		_, err := chooseOCI(idx, l.ref)
+		return err
+	}
+	return nil
 }
 
 func (l *load) expectations() map[string]expectation {
@@ -120,11 +150,17 @@ func (l *load) expectations() map[string]expectation {
 }
 
 type dockerManifest struct {
-	Config string
-	Layers []string
+	Config   string
+	RepoTags []string
+	Layers   []string
 }
 
-func dockerPlan(manifest []byte, get blobGetter) (*plan, error) {
+// parseDockerManifest reads manifest.json: a list, one entry per image.
+// A single object is the manifest of a containers-image dir: layout.
+func parseDockerManifest(manifest []byte) ([]dockerManifest, error) {
+	if looksJSONObject(manifest) {
+		return nil, errDirLayoutTar
+	}
 	var ms []dockerManifest
 	if err := json.Unmarshal(manifest, &ms); err != nil {
 		return nil, fmt.Errorf("manifest.json: %w", err)
@@ -132,7 +168,36 @@ func dockerPlan(manifest []byte, get blobGetter) (*plan, error) {
 	if len(ms) == 0 {
 		return nil, errors.New("manifest.json lists no image")
 	}
-	m := ms[0]
+	return ms, nil
+}
+
+func looksJSONObject(b []byte) bool {
+	t := bytes.TrimLeft(b, " \t\r\n")
+	return len(t) > 0 && t[0] == '{'
+}
+
+// chooseDocker picks the image ref names among a docker-archive's.
+func chooseDocker(ms []dockerManifest, ref string) (dockerManifest, error) {
+	imgs := make([]candidate, len(ms))
+	for i, m := range ms {
+		imgs[i] = candidate{names: m.RepoTags}
+	}
+	i, err := choose(imgs, ref)
+	if err != nil {
+		return dockerManifest{}, err
+	}
+	return ms[i], nil
+}
+
+func dockerPlan(manifest []byte, get blobGetter, ref string) (*plan, error) {
+	ms, err := parseDockerManifest(manifest)
+	if err != nil {
+		return nil, err
+	}
+	m, err := chooseDocker(ms, ref)
+	if err != nil {
+		return nil, err
+	}
 	cb, err := get(normMember(m.Config))
 	if err != nil {
 		return nil, fmt.Errorf("image config: %w", err)
@@ -152,7 +217,7 @@ func configPlan(b []byte) (*plan, error) {
 	if err := json.Unmarshal(b, &img); err != nil {
 		return nil, fmt.Errorf("image config: %w", err)
 	}
-	p := &plan{config: img.Config}
+	p := &plan{config: img.Config, id: digestOf(b)}
 	for _, d := range img.RootFS.DiffIDs {
 		if d.Algorithm() != "sha256" || !isHex64(d.Encoded()) {
 			return nil, fmt.Errorf("image config: unsupported diff_id %q", d)
@@ -185,8 +250,8 @@ func verifiedBlob(d ocispec.Descriptor, get blobGetter) ([]byte, error) {
 	return b, nil
 }
 
-func ociPlan(index []byte, get blobGetter) (*plan, error) {
-	desc, err := pickManifest(index, get, 0)
+func ociPlan(index []byte, get blobGetter, ref string) (*plan, error) {
+	desc, err := pickManifest(index, get, ref)
 	if err != nil {
 		return nil, err
 	}
@@ -216,33 +281,41 @@ func ociPlan(index []byte, get blobGetter) (*plan, error) {
 	return p, nil
 }
 
-// pickManifest chooses this platform's manifest, following nested indexes.
-func pickManifest(index []byte, get blobGetter, depth int) (ocispec.Descriptor, error) {
+// pickManifest chooses the image ref names, then this machine's manifest
+// of it, following nested indexes.
+func pickManifest(index []byte, get blobGetter, ref string) (ocispec.Descriptor, error) {
 	var idx ocispec.Index
 	if err := json.Unmarshal(index, &idx); err != nil {
 		return ocispec.Descriptor{}, fmt.Errorf("index.json: %w", err)
 	}
-	if len(idx.Manifests) == 0 {
-		return ocispec.Descriptor{}, errors.New("index.json lists no manifest")
+	variants, err := chooseOCI(idx, ref)
+	if err != nil {
+		return ocispec.Descriptor{}, err
 	}
-	d := idx.Manifests[0]
-	for _, m := range idx.Manifests {
-		if m.Platform != nil && m.Platform.OS == "linux" && m.Platform.Architecture == runtime.GOARCH {
-			d = m
-			break
+	for depth := 0; ; depth++ {
+		d, err := pickPlatform(variants)
+		if err != nil {
+			return ocispec.Descriptor{}, err
+		}
+		if !isIndex(d.MediaType) {
+			return d, nil
+		}
+		if depth >= 4 {
+			return ocispec.Descriptor{}, errors.New("index.json: indexes nested too deeply")
+		}
+		nb, err := verifiedBlob(d, get)
+		if err != nil {
+			return ocispec.Descriptor{}, fmt.Errorf("nested index: %w", err)
+		}
+		var nested ocispec.Index
+		if err := json.Unmarshal(nb, &nested); err != nil {
+			return ocispec.Descriptor{}, fmt.Errorf("nested index: %w", err)
+		}
+		variants = imageDescriptors(nested.Manifests)
+		if len(variants) == 0 {
+			return ocispec.Descriptor{}, errors.New("nested index lists no image manifest")
 		}
 	}
-	if d.MediaType != ocispec.MediaTypeImageIndex {
-		return d, nil
-	}
-	if depth > 4 {
-		return ocispec.Descriptor{}, errors.New("index.json: indexes nested too deeply")
-	}
-	nested, err := verifiedBlob(d, get)
-	if err != nil {
-		return ocispec.Descriptor{}, fmt.Errorf("nested index: %w", err)
-	}
-	return pickManifest(nested, get, depth+1)
 }
 
 // readLayoutDir loads an OCI image layout directory. Blobs are opened
@@ -254,6 +327,9 @@ func (l *load) readLayoutDir(ctx context.Context, dir string) (*plan, error) {
 	}
 	defer root.Close()
 	if _, err := root.Stat("oci-layout"); err != nil {
+		if isDirLayout(root) {
+			return nil, fmt.Errorf("%s is a containers-image dir: layout, which is not supported: convert it with skopeo copy dir:%s oci:NEWDIR and pass NEWDIR", dir, dir)
+		}
 		return nil, errors.New("a directory must be an OCI image layout (no oci-layout file found)")
 	}
 	get := func(name string) ([]byte, error) { return readRootFile(root, name) }
@@ -262,7 +338,7 @@ func (l *load) readLayoutDir(ctx context.Context, dir string) (*plan, error) {
 		return nil, err
 	}
 	l.index = index
-	p, err := ociPlan(index, get)
+	p, err := ociPlan(index, get, l.ref)
 	if err != nil {
 		return nil, err
 	}
@@ -296,6 +372,15 @@ func (l *load) layoutLayer(root *os.Root, name string) error {
 	}
 	defer f.Close()
 	return l.layer(name, bufio.NewReaderSize(f, 1<<20))
+}
+
+// dirLayoutVersion starts the "version" file of a containers-image dir:
+// layout (skopeo copy … dir:DIR).
+const dirLayoutVersion = "Directory Transport Version"
+
+func isDirLayout(root *os.Root) bool {
+	b, err := readRootFile(root, "version")
+	return err == nil && strings.HasPrefix(string(b), dirLayoutVersion)
 }
 
 func readRootFile(root *os.Root, name string) ([]byte, error) {

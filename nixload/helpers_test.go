@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/testenv"
@@ -118,7 +119,7 @@ func (e *env) writeBytes(t testing.TB, name string, b []byte) string {
 
 func (e *env) load(t testing.TB, path string) (*Image, error) {
 	t.Helper()
-	return e.store.LoadFile(context.Background(), path, nil)
+	return e.store.LoadFile(context.Background(), path, LoadOptions{})
 }
 
 // names lists a store subdirectory.
@@ -133,6 +134,18 @@ func (e *env) names(t testing.TB, sub string) []string {
 		out = append(out, x.Name())
 	}
 	sort.Strings(out)
+	return out
+}
+
+// layers lists the published layers (their dirs, not their records).
+func (e *env) layers(t testing.TB) []string {
+	t.Helper()
+	var out []string
+	for _, n := range e.names(t, "layers") {
+		if !strings.HasSuffix(n, ".json") {
+			out = append(out, n)
+		}
+	}
 	return out
 }
 

@@ -79,13 +79,13 @@ func (s *Store) Host() (*Image, error) {
 	}
 	sum := sha256.Sum256(b)
 	h := hex.EncodeToString(sum[:])
-	img, err := s.readImage(hostPrefix + h)
+	img, err := s.readImage("sha256:" + h)
 	if err != nil {
 		if img, err = s.buildHost(h, items); err != nil {
 			return nil, fmt.Errorf("host image: %w", err)
 		}
 	}
-	s.rememberHost(fp, img.ChainID)
+	s.rememberHost(fp, img.ID)
 	return img, nil
 }
 
@@ -93,7 +93,7 @@ func (s *Store) Host() (*Image, error) {
 // when the host image was described, and the rootfs it described.
 type hostEntry struct {
 	Fingerprint string `json:"fingerprint"`
-	ChainID     string `json:"chain_id"` // also keeps the tree from --gc
+	ImageID     string `json:"image_id"` // also keeps the image from --gc
 }
 
 // hostFingerprint hashes the lstat of every source of the host image: the
@@ -138,15 +138,15 @@ func (s *Store) cachedHost(fp string) (*Image, bool) {
 	if json.Unmarshal(b, &e) != nil || e.Fingerprint != fp {
 		return nil, false
 	}
-	img, err := s.Lookup(e.ChainID)
+	img, err := s.Lookup(e.ImageID)
 	if err != nil {
 		return nil, false
 	}
 	return img, true
 }
 
-func (s *Store) rememberHost(fp, chainID string) {
-	b, err := json.Marshal(hostEntry{Fingerprint: fp, ChainID: chainID})
+func (s *Store) rememberHost(fp, id string) {
+	b, err := json.Marshal(hostEntry{Fingerprint: fp, ImageID: id})
 	if err != nil {
 		return
 	}
@@ -204,40 +204,54 @@ func etcLinks(dir string) []hostItem {
 	return items
 }
 
+// buildHost makes the host image: its tree, trees/host-<h>, and its
+// record, whose id (the hash of the host's description) is also its
+// chain id, as nothing else describes it.
 func (s *Store) buildHost(h string, items []hostItem) (*Image, error) {
 	share, err := s.shareStore()
 	if err != nil {
 		return nil, err
 	}
 	defer share.Close()
-	lock, err := flockFile(s.lockPath("rootfs-"+hostPrefix+h), unix.LOCK_EX)
+	name := hostPrefix + h
+	lock, err := flockFile(s.lockPath("tree-"+name), unix.LOCK_EX)
 	if err != nil {
 		return nil, err
 	}
 	defer lock.Close()
-	if img, err := s.readImage(hostPrefix + h); err == nil {
-		return img, nil
+	if !exists(s.treeDir(name)) {
+		tmp, err := s.newTemp()
+		if err != nil {
+			return nil, err
+		}
+		defer tmp.remove()
+		build := filepath.Join(tmp.path, "host")
+		binds, err := writeHostTree(filepath.Join(build, "root"), items)
+		if err != nil {
+			return nil, err
+		}
+		b, err := json.Marshal(binds)
+		if err == nil {
+			err = os.WriteFile(filepath.Join(build, "binds.json"), b, 0o600)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("write binds.json: %w", err)
+		}
+		if err := publishTree(build, s.treeDir(name), treeFile{ChainID: "sha256:" + h}); err != nil {
+			return nil, err
+		}
 	}
-	tmp, err := s.newTemp()
-	if err != nil {
-		return nil, err
+	var binds []string
+	if b, err := os.ReadFile(filepath.Join(s.treeDir(name), "binds.json")); err != nil || json.Unmarshal(b, &binds) != nil {
+		return nil, fmt.Errorf("host tree %s is damaged: remove it with --gc", name)
 	}
-	defer tmp.remove()
-	build := filepath.Join(tmp.path, "host")
-	root := filepath.Join(build, "root")
-	binds, err := writeHostTree(root, items)
-	if err != nil {
-		return nil, err
-	}
-	meta := imageFile{
+	return s.writeImage(imageFile{
+		ID:        "sha256:" + h,
 		ChainID:   "sha256:" + h,
+		Tree:      name,
 		Config:    ocispec.ImageConfig{Env: []string{"PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}, WorkingDir: "/"},
 		HostBinds: binds,
-	}
-	if err := publishTree(build, s.rootfsDir(hostPrefix+h), meta); err != nil {
-		return nil, err
-	}
-	return s.readImage(hostPrefix + h)
+	})
 }
 
 func writeHostTree(root string, items []hostItem) ([]string, error) {

@@ -15,7 +15,7 @@ func TestHost(t *testing.T) {
 		t.Fatal(err)
 	}
 	again, err := e.store.Host()
-	if err != nil || again.ChainID != img.ChainID || again.Rootfs != img.Rootfs {
+	if err != nil || again.ID != img.ID || again.Rootfs != img.Rootfs {
 		t.Fatalf("second Host: %+v %v", again, err)
 	}
 	for _, p := range hostTop() {
@@ -52,7 +52,7 @@ func TestHost(t *testing.T) {
 			t.Errorf("%s: %v", d, err)
 		}
 	}
-	if looked, err := e.store.Lookup(img.ChainID); err != nil || !slices.Equal(looked.HostBinds, img.HostBinds) {
+	if looked, err := e.store.Lookup(img.ID); err != nil || !slices.Equal(looked.HostBinds, img.HostBinds) {
 		t.Errorf("Lookup of the host image: %+v %v", looked, err)
 	}
 }

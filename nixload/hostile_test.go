@@ -40,22 +40,31 @@ func TestHostileImagesAreRejected(t *testing.T) {
 		}, wantErr: `entry "link/file"`},
 		{name: "hardlink to host path", entries: func(c string) []fixture.Entry {
 			return []fixture.Entry{fixture.Hardlink("h", filepath.Join(c, "file"))}
-		}, wantErr: "is not a regular file already in this layer"},
+		}, wantErr: "is not an entry already in this layer"},
 		{name: "hardlink via dotdot", entries: func(string) []fixture.Entry {
 			return []fixture.Entry{fixture.Hardlink("h", "../../canary/file")}
 		}, wantErr: "path escapes the image root"},
-		{name: "hardlink through symlink", entries: func(c string) []fixture.Entry {
-			return []fixture.Entry{fixture.Symlink("s", filepath.Join(c, "file")), fixture.Hardlink("h", "s")}
-		}, wantErr: "is not a regular file already in this layer"},
+		{name: "hardlink through a symlinked dir", entries: func(c string) []fixture.Entry {
+			return []fixture.Entry{fixture.Symlink("s", c), fixture.Hardlink("h", "s/file")}
+		}, wantErr: "is not an entry already in this layer"},
+		{name: "whiteout of the directory itself", entries: func(string) []fixture.Entry {
+			return []fixture.Entry{file("etc/.wh..", nil, 0o644)}
+		}, wantErr: `entry "etc/.wh..": invalid whiteout`},
+		{name: "whiteout of the parent", entries: func(string) []fixture.Entry {
+			return []fixture.Entry{file("etc/.wh...", nil, 0o644)}
+		}, wantErr: `entry "etc/.wh...": invalid whiteout`},
+		{name: "whiteout named as a directory", entries: func(string) []fixture.Entry {
+			return []fixture.Entry{fixture.Dir("etc/.wh../", 0o755)}
+		}, wantErr: `entry "etc/.wh../": invalid whiteout`},
 		{name: "header claims 1 TiB", entries: func(string) []fixture.Entry {
 			return []fixture.Entry{{Name: "big", Type: tar.TypeReg, Mode: 0o644, Body: []byte("x"), Size: 1 << 40}}
-		}, wantErr: "larger than the per-file limit"},
+		}, wantErr: "the image unpacks to more than 32GiB, the limit"},
 		{name: "too many entries", entries: func(string) []fixture.Entry {
 			return []fixture.Entry{file("a", nil, 0o644), file("b", nil, 0o644), file("c", nil, 0o644)}
-		}, limits: &Limits{MaxTotalBytes: 1 << 30, MaxEntries: 2, MaxFileBytes: 1 << 30}, noBase: true, wantErr: "more entries than the limit"},
+		}, limits: &Limits{MaxTotalBytes: 1 << 30, MaxEntries: 2}, noBase: true, wantErr: "more entries than the limit"},
 		{name: "too many bytes", entries: func(string) []fixture.Entry {
 			return []fixture.Entry{file("a", make([]byte, 600), 0o644), file("b", make([]byte, 600), 0o644)}
-		}, limits: &Limits{MaxTotalBytes: 1000, MaxEntries: 100, MaxFileBytes: 1000}, noBase: true, wantErr: "total size limit"},
+		}, limits: &Limits{MaxTotalBytes: 1000, MaxEntries: 100}, noBase: true, wantErr: "the image unpacks to more than 1000 bytes, the limit for one image"},
 		{name: "diff_id mismatch", opts: fixture.ArchiveOptions{CorruptDiffID: true}, wantErr: "does not match diff_id"},
 		{name: "diff_id mismatch manifest first", opts: fixture.ArchiveOptions{CorruptDiffID: true, ManifestFirst: true}, wantErr: "does not match diff_id"},
 		{name: "manifest names a missing layer", opts: fixture.ArchiveOptions{OmitLayer: true}, wantErr: "is not in the image"},
@@ -124,7 +133,7 @@ func TestHostileImagesAreRejected(t *testing.T) {
 			if after := e.snapshot(t); after != before {
 				t.Errorf("files outside the store changed:\nbefore:\n%s\nafter:\n%s", before, after)
 			}
-			for _, sub := range []string{"layers", "rootfs", "tmp"} {
+			for _, sub := range []string{"layers", "trees", "images", "tmp"} {
 				if got := e.names(t, sub); len(got) != 0 {
 					t.Errorf("%s/ holds %v after a rejected image", sub, got)
 				}
@@ -144,6 +153,9 @@ func TestAbsoluteAndLinkedPathsStayInside(t *testing.T) {
 		fixture.File("link/through-abs", []byte("inside"), 0o644),
 		fixture.Symlink("rel", strings.Repeat("../", 20)+c),
 		fixture.File("rel/through-rel", []byte("inside"), 0o644),
+		// A hardlink to a symlink links the symlink itself, never its target.
+		fixture.Symlink("s", filepath.Join(e.canary, "file")),
+		fixture.Hardlink("h", "s"),
 	}}}
 	path := e.writeArchive(t, "img", layers, fixture.ArchiveOptions{})
 	before := e.snapshot(t)
@@ -153,6 +165,9 @@ func TestAbsoluteAndLinkedPathsStayInside(t *testing.T) {
 	}
 	if after := e.snapshot(t); after != before {
 		t.Fatalf("files outside the store changed:\n%s\n%s", before, after)
+	}
+	if target, err := os.Readlink(filepath.Join(img.Rootfs, "h")); err != nil || target != filepath.Join(e.canary, "file") {
+		t.Errorf("h -> %q, %v; want the symlink s, verbatim", target, err)
 	}
 	for _, n := range []string{"abs", "through-abs", "through-rel"} {
 		if b, err := os.ReadFile(filepath.Join(img.Rootfs, c, n)); err != nil || string(b) != "inside" {

@@ -15,6 +15,9 @@ import (
 type Input struct {
 	Path   string
 	Follow bool
+	// Resolve: what matters is the path Path resolves to (a `result`
+	// symlink's target), not its stat data.
+	Resolve bool
 }
 
 // HostInputs are what the host image's fingerprint covers.
@@ -34,8 +37,16 @@ func HostInputs() []Input {
 	return in
 }
 
-// FileInputs are what LoadFileCached's entry for the image file covers.
-func FileInputs(abs string) []Input { return []Input{{Path: abs, Follow: true}} }
+// FileInputs are what LoadFileCached's entry for an --image value covers:
+// the file through any symlink, the path it resolves to, and for FILE:REF
+// the longer readings of the value as a path, which must stay absent.
+func FileInputs(src FileSource) []Input {
+	in := []Input{{Path: src.Path, Follow: true}, {Path: src.Path, Resolve: true}}
+	for _, p := range src.absent {
+		in = append(in, Input{Path: p})
+	}
+	return in
+}
 
 // FlakeRefInputs are the flake.nix files ResolveFlakeRef looks for when
 // the flake comes from the binary's own directory.

@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash"
@@ -23,6 +24,10 @@ import (
 type layerRec struct {
 	diffID string // sha256 of the uncompressed layer tar
 	notTar bool   // the member is no (compressed) tar; an error only if a layer
+	// bad is why a member read before the manifest could not be unpacked
+	// as a layer: an error only if the manifest names it (a tar that is
+	// not an image may well hold tars that are not layers).
+	bad error
 }
 
 // expectation is what the manifest and config say a member must be.
@@ -36,7 +41,9 @@ type load struct {
 	ctx      context.Context
 	s        *Store
 	tmp      *tempDir
+	ref      string // which image of a multi-image archive
 	progress io.Writer
+	notices  io.Writer
 	bar      *progress // while a bar is drawn, messages go through it
 	b        budget
 	buf      []byte
@@ -54,9 +61,9 @@ type load struct {
 	unpacked int
 }
 
-func (s *Store) newLoad(ctx context.Context, tmp *tempDir, progress io.Writer) *load {
+func (s *Store) newLoad(ctx context.Context, tmp *tempDir, o LoadOptions) *load {
 	return &load{
-		ctx: ctx, s: s, tmp: tmp, progress: progress,
+		ctx: ctx, s: s, tmp: tmp, ref: o.Ref, progress: o.Progress, notices: o.Notices,
 		b:       budget{lim: s.lim},
 		buf:     make([]byte, 1<<20),
 		members: map[string]*layerRec{},
@@ -85,18 +92,37 @@ func (l *load) say(format string, args ...any) {
 	}
 }
 
+// LoadOptions say how to load an image file.
+type LoadOptions struct {
+	// Ref names the image to load from an archive that holds several
+	// (see refs.go); "" loads the only one.
+	Ref string
+	// Progress receives bars and per-layer lines; pass it only when it
+	// is a terminal.
+	Progress io.Writer
+	// Notices receives the one-line notices a user must see wherever
+	// stderr goes (device nodes that were not made).
+	Notices io.Writer
+	// Refresh makes LoadFileCached read the file even when unchanged.
+	Refresh bool
+}
+
 // LoadFile loads an image file of any supported format, sniffed by content:
 // a docker-archive (plain, gzip or zstd), an OCI image layout (directory or
 // tar), or an executable that prints a docker-archive (streamLayeredImage).
-func (s *Store) LoadFile(ctx context.Context, file string, progress io.Writer) (*Image, error) {
-	img, err := s.loadFile(ctx, file, progress)
+func (s *Store) LoadFile(ctx context.Context, file string, o LoadOptions) (*Image, error) {
+	img, err := s.loadFile(ctx, file, o)
 	if err != nil {
+		var ce *ImageRefError
+		if errors.As(err, &ce) {
+			ce.File = file
+		}
 		return nil, fmt.Errorf("load %s: %w", file, err)
 	}
 	return img, nil
 }
 
-func (s *Store) loadFile(ctx context.Context, file string, progress io.Writer) (*Image, error) {
+func (s *Store) loadFile(ctx context.Context, file string, o LoadOptions) (*Image, error) {
 	st, err := os.Stat(file)
 	if err != nil {
 		return nil, fmt.Errorf("cannot read the image: %w", err)
@@ -111,7 +137,7 @@ func (s *Store) loadFile(ctx context.Context, file string, progress io.Writer) (
 		return nil, err
 	}
 	defer tmp.remove()
-	l := s.newLoad(ctx, tmp, progress)
+	l := s.newLoad(ctx, tmp, o)
 	defer l.releaseLocks()
 	p, err := l.read(ctx, file, st)
 	if err != nil {
@@ -154,8 +180,9 @@ func isExecutable(head []byte) bool {
 	return strings.HasPrefix(string(head), "#!") || strings.HasPrefix(string(head), "\x7fELF")
 }
 
-// finish checks every layer against the plan, publishes the new layers and
-// assembles the rootfs.
+// finish checks every layer against the plan, publishes the new layers,
+// assembles the tree (shared by every image of the same layers) and
+// records the image.
 func (l *load) finish(p *plan) (*Image, error) {
 	if err := l.verify(p); err != nil {
 		return nil, err
@@ -164,15 +191,33 @@ func (l *load) finish(p *plan) (*Image, error) {
 		return nil, err
 	}
 	chain := chainID(p.diffIDs)
-	img, err := l.s.assemble(l.tmp, chain, p.diffIDs, imageFile{ChainID: chain, Layers: p.diffIDs, Config: p.config})
+	tree, err := l.s.assemble(l.tmp, chain, p.diffIDs)
+	if err != nil {
+		return nil, err
+	}
+	img, err := l.s.writeImage(imageFile{ID: p.id, ChainID: chain, Tree: tree, Layers: p.diffIDs, Config: p.config})
 	if err != nil {
 		return nil, err
 	}
 	img.UnpackedLayers = l.unpacked
-	if l.b.skipped > 0 {
-		l.say("skipped %d device or fifo entries", l.b.skipped)
-	}
+	l.noticeDevices()
 	return img, nil
+}
+
+// noticeDevices says, in one line wherever stderr goes, which device
+// nodes the image has that the container lacks: a rootless loader cannot
+// make them, and a command needing one should be told why it is missing.
+func (l *load) noticeDevices() {
+	d := l.b.devices
+	if len(d) == 0 || l.notices == nil {
+		return
+	}
+	names := d
+	if len(names) > 3 {
+		names = append(names[:3:3], "…")
+	}
+	fmt.Fprintf(l.notices, "lectic-nix-sandbox: note: the image has %d device node(s) (%s) that a rootless sandbox cannot create; they are left out\n",
+		len(d), strings.Join(names, ", "))
 }
 
 func (l *load) verify(p *plan) error {
@@ -189,6 +234,8 @@ func (l *load) verify(p *plan) error {
 			return fmt.Errorf("layer %d (%s) named by the manifest is not in the image", i+1, shortName(name))
 		case rec.notTar:
 			return fmt.Errorf("layer %d (%s) is not a tar archive", i+1, shortName(name))
+		case rec.bad != nil:
+			return fmt.Errorf("layer %d (%s): %w", i+1, shortName(name), rec.bad)
 		case rec.diffID != p.diffIDs[i]:
 			return fmt.Errorf("layer %d (%s): content digest %s does not match diff_id %s in the image config", i+1, shortName(name), short(rec.diffID), short(p.diffIDs[i]))
 		}
@@ -278,6 +325,10 @@ func normMember(name string) string { return strings.TrimPrefix(path.Clean("/"+n
 
 const maxJSON = 8 << 20
 
+// maxMemberDepth is the deepest member an image archive has
+// (blobs/sha256/<digest>); anything deeper means the tar is no image.
+const maxMemberDepth = 3
+
 func (l *load) readMember(name string, size int64, r io.Reader) error {
 	switch name {
 	case "manifest.json", "index.json":
@@ -291,9 +342,20 @@ func (l *load) readMember(name string, size int64, r io.Reader) error {
 			l.index = b
 		}
 		l.expect = nil
-		return nil
+		return l.checkImageRef()
 	case "oci-layout", "repositories":
 		return nil
+	}
+	if path.Base(name) == "version" && strings.Count(name, "/") <= 1 && size < 256 {
+		// A containers-image dir: layout (perhaps under one directory).
+		b, err := readSmall(r, size, name)
+		if err == nil && strings.HasPrefix(string(b), dirLayoutVersion) {
+			return errDirLayoutTar
+		}
+		return err
+	}
+	if strings.Count(name, "/") >= maxMemberDepth {
+		return fmt.Errorf("not an image: the tar holds %s, which no docker-archive or OCI image layout has; pass an image file (docker save, podman save, nix build of a dockerTools image)", shortName(name))
 	}
 	br := bufio.NewReaderSize(r, 64<<10)
 	if size <= maxJSON && !looksLayer(br) && looksJSON(br) {
@@ -392,11 +454,35 @@ func (l *load) layer(name string, r *bufio.Reader) error {
 		if lock != nil {
 			lock.Close()
 		}
+		if !known && hint == "" && speculativeFailure(err) {
+			// Maybe no layer at all: only an error if the manifest says so.
+			removeAllForce(dir)
+			os.Remove(dir + ".json")
+			// The archive's reader skips the rest of the member.
+			l.members[name] = &layerRec{bad: err}
+			return nil
+		}
 		return fmt.Errorf("%s: %w", label, err)
 	}
 	l.members[name] = &layerRec{diffID: diff}
 	l.keep(diff, dir, lock)
 	return nil
+}
+
+// speculativeFailure is an error of a member's own content, which does
+// not stop the reading of the archive: an entry that cannot be unpacked,
+// or a tar that ends early. Limits, cancellation and the archive's own
+// read errors still do.
+func speculativeFailure(err error) bool {
+	var ee *entryError
+	var le *LimitError
+	switch {
+	case errors.As(err, &le), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return false
+	case errors.As(err, &ee):
+		return true
+	}
+	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, tar.ErrHeader)
 }
 
 // cachedHint returns the diff_id a member's name announces when the store
@@ -409,7 +495,7 @@ func (l *load) cachedHint(name string, known bool) string {
 		return ""
 	}
 	for _, part := range strings.Split(name, "/") {
-		if isHex64(part) && exists(l.s.layerDir(part)) {
+		if isHex64(part) && l.s.hasLayer(part) {
 			return "sha256:" + part
 		}
 	}
@@ -420,7 +506,7 @@ func (l *load) cachedHint(name string, known bool) string {
 // unpack into ("" when the store already holds the layer) and the layer lock
 // when one was taken.
 func (l *load) claim(diffID string) (string, *os.File, error) {
-	if diffID != "" && exists(l.s.layerDir(diffID)) {
+	if diffID != "" && l.s.hasLayer(diffID) {
 		return "", nil, nil
 	}
 	var lock *os.File
@@ -430,7 +516,7 @@ func (l *load) claim(diffID string) (string, *os.File, error) {
 		if err != nil {
 			return "", nil, err
 		}
-		if lock != nil && exists(l.s.layerDir(diffID)) {
+		if lock != nil && l.s.hasLayer(diffID) {
 			lock.Close()
 			return "", nil, nil
 		}
@@ -472,6 +558,9 @@ func (l *load) unpack(r *bufio.Reader, h hash.Hash, dir string) (string, error) 
 		}
 		err = x.extract(r)
 		x.close()
+		if err == nil {
+			err = writeLayerRecord(dir+".json", x.record())
+		}
 		if err != nil {
 			return "", err
 		}
@@ -487,7 +576,8 @@ func (l *load) keep(diff, dir string, lock *os.File) {
 		return
 	}
 	if _, dup := l.found[diff]; dup {
-		os.RemoveAll(dir)
+		removeAllForce(dir)
+		os.Remove(dir + ".json")
 		if lock != nil {
 			lock.Close()
 		}
@@ -516,7 +606,7 @@ func (l *load) publish(diffIDs []string) error {
 		}
 	}
 	for _, diff := range diffIDs {
-		if exists(l.s.layerDir(diff)) {
+		if l.s.hasLayer(diff) {
 			continue
 		}
 		if err := l.publishLocked(diff); err != nil {
@@ -532,7 +622,7 @@ func (l *load) publishLocked(diff string) error {
 		return err
 	}
 	defer lock.Close()
-	if exists(l.s.layerDir(diff)) {
+	if l.s.hasLayer(diff) {
 		return nil
 	}
 	return l.rename(diff)
@@ -543,11 +633,34 @@ func (l *load) rename(diff string) error {
 	if !ok {
 		return fmt.Errorf("layer %s disappeared from the cache while loading; run the command again", short(diff))
 	}
-	if err := os.Rename(dir, l.s.layerDir(diff)); err != nil {
+	// The record goes first: a layer dir without one is not taken as
+	// published. A dir left without a record (by a store that kept none)
+	// is replaced; trees made from it keep their own links.
+	final := l.s.layerDir(diff)
+	if err := os.Rename(dir+".json", l.s.layerRecordPath(diff)); err != nil {
+		return fmt.Errorf("publish layer %s: %w", short(diff), err)
+	}
+	if exists(final) {
+		if err := removeAllForce(final); err != nil {
+			return fmt.Errorf("replace layer %s: %w", short(diff), err)
+		}
+	}
+	if err := os.Rename(dir, final); err != nil {
 		return fmt.Errorf("publish layer %s: %w", short(diff), err)
 	}
 	delete(l.found, diff)
 	l.unpacked++
+	return nil
+}
+
+func writeLayerRecord(path string, r *layerRecord) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("encode layer record: %w", err)
+	}
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		return fmt.Errorf("write layer record: %w", err)
+	}
 	return nil
 }
 

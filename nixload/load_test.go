@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/fixture"
 )
@@ -177,41 +178,116 @@ func TestWhiteouts(t *testing.T) {
 	}
 }
 
-func TestReadOnlyDirsStayRemovable(t *testing.T) {
+// TestImageModesInTheTree: the tree shows the image's own modes, down to
+// 0555 directories, 0000 ones and 0400 files, also where a later layer
+// adds to a directory without listing it; the store can still remove it.
+func TestImageModesInTheTree(t *testing.T) {
 	e := newEnv(t)
-	layers := []fixture.Layer{{Entries: []fixture.Entry{
+	lower := fixture.Layer{Entries: []fixture.Entry{
+		fixture.Dir("./", 0o555),
 		fixture.Dir("nix/", 0o555),
 		fixture.Dir("nix/store/", 0o555),
 		fixture.Dir("nix/store/abc-pkg/", 0o555),
 		fixture.File("nix/store/abc-pkg/f", []byte("x"), 0o444),
+		fixture.File("nix/store/abc-pkg/secret", []byte("x"), 0o400),
 		fixture.Dir("nix/store/abc-pkg/empty/", 0o500),
-	}}}
-	img, err := e.load(t, e.writeArchive(t, "img", layers, fixture.ArchiveOptions{}))
+		fixture.Dir("locked/", 0o000),
+		fixture.File("locked/inside", []byte("x"), 0o644),
+		fixture.Dir("sticky/", 0o1777),
+		fixture.Dir("later/", 0o555),
+	}}
+	// The upper layer adds to nix/store without listing it (its parent
+	// dirs are implicit: the lower 0555 stands) and lists later/ anew.
+	upper := fixture.Layer{Entries: []fixture.Entry{
+		fixture.File("nix/store/def-pkg/g", []byte("y"), 0o444),
+		fixture.Dir("later/", 0o750),
+	}}
+	img, err := e.load(t, e.writeArchive(t, "img", []fixture.Layer{lower, upper}, fixture.ArchiveOptions{}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := os.Stat(filepath.Join(img.Rootfs, "nix/store/abc-pkg"))
-	if err != nil || st.Mode().Perm() != 0o755 {
-		t.Fatalf("0555 dir stored as %v (%v), want 0755", st.Mode(), err)
+	for path, want := range map[string]os.FileMode{
+		".":                        os.ModeDir | 0o555,
+		"nix":                      os.ModeDir | 0o555,
+		"nix/store":                os.ModeDir | 0o555,
+		"nix/store/abc-pkg":        os.ModeDir | 0o555,
+		"nix/store/abc-pkg/f":      0o444,
+		"nix/store/abc-pkg/secret": 0o400,
+		"nix/store/abc-pkg/empty":  os.ModeDir | 0o500,
+		"nix/store/def-pkg":        os.ModeDir | 0o755,
+		"locked":                   os.ModeDir,
+		"sticky":                   os.ModeDir | os.ModeSticky | 0o777,
+		"later":                    os.ModeDir | 0o750,
+	} {
+		st, err := os.Lstat(filepath.Join(img.Rootfs, path))
+		if err != nil || st.Mode() != want {
+			t.Errorf("%s: mode %v (%v), want %v", path, st.Mode(), err, want)
+		}
 	}
-	if err := os.RemoveAll(e.store.Root()); err != nil {
-		t.Fatalf("cache not removable: %v", err)
+	// The layers themselves stay the store's to change and remove.
+	for _, l := range []fixture.Layer{lower, upper} {
+		d, _ := l.DiffID()
+		st, err := os.Stat(filepath.Join(e.store.layerDir(d), "nix"))
+		if err != nil || st.Mode().Perm()&0o700 != 0o700 {
+			t.Errorf("layer %s keeps nix/ as %v (%v), want u+rwx", short(d), st.Mode(), err)
+		}
+	}
+	os.Remove(filepath.Join(e.store.Root(), "sources"))
+	if _, err := e.store.GC(nil, nil); err != nil {
+		t.Fatalf("GC of a tree with read-only directories: %v", err)
+	}
+	if got := e.names(t, "trees"); len(got) != 0 {
+		t.Fatalf("GC left %v", got)
 	}
 }
 
-func TestModesAndDevices(t *testing.T) {
+// TestEntryKinds: FIFOs are made, hardlinks may point at any non-directory
+// entry (a symlink, a FIFO), devices are left out with a notice.
+func TestEntryKinds(t *testing.T) {
+	e := newEnv(t)
+	layers := []fixture.Layer{{Entries: []fixture.Entry{
+		fixture.File("bin/busybox", []byte("bb"), 0o755),
+		fixture.Symlink("bin/x", "busybox"),
+		fixture.Hardlink("bin/y", "bin/x"),
+		{Name: "run/fifo", Type: tar.TypeFifo, Mode: 0o640},
+		fixture.Hardlink("run/fifo2", "run/fifo"),
+		{Name: "dev/null", Type: tar.TypeChar, Mode: 0o666, Devmajor: 1, Devminor: 3},
+		{Name: "dev/sda", Type: tar.TypeBlock, Mode: 0o660, Devmajor: 8},
+	}}}
+	var notices bytes.Buffer
+	img, err := e.store.LoadFile(context.Background(), e.writeArchive(t, "img", layers, fixture.ArchiveOptions{}), LoadOptions{Notices: &notices})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if target, err := os.Readlink(filepath.Join(img.Rootfs, "bin/y")); err != nil || target != "busybox" {
+		t.Errorf("bin/y (a hardlink to the symlink bin/x) -> %q, %v; want busybox", target, err)
+	}
+	for _, p := range []string{"run/fifo", "run/fifo2"} {
+		st, err := os.Lstat(filepath.Join(img.Rootfs, p))
+		if err != nil || st.Mode() != os.ModeNamedPipe|0o640 {
+			t.Errorf("%s: %v (%v), want a 0640 FIFO", p, st.Mode(), err)
+		}
+	}
+	for _, p := range []string{"dev/null", "dev/sda"} {
+		if _, err := os.Lstat(filepath.Join(img.Rootfs, p)); err == nil {
+			t.Errorf("%s was created", p)
+		}
+	}
+	n := notices.String()
+	if strings.Count(n, "\n") != 1 || !strings.Contains(n, "2 device node(s) (dev/null, dev/sda)") {
+		t.Errorf("notices %q: want one line naming the two device nodes", n)
+	}
+}
+
+func TestModesAndXattrs(t *testing.T) {
 	e := newEnv(t)
 	layers := []fixture.Layer{{Entries: []fixture.Entry{
 		fixture.File("bin/su", []byte("x"), 0o4755),
 		fixture.File("bin/sg", []byte("x"), 0o2711),
 		fixture.Dir("shared/", 0o2775),
-		{Name: "dev/null", Type: tar.TypeChar, Mode: 0o666, Devmajor: 1, Devminor: 3},
-		{Name: "dev/sda", Type: tar.TypeBlock, Mode: 0o660, Devmajor: 8},
-		{Name: "fifo", Type: tar.TypeFifo, Mode: 0o644},
 		{Name: "xa", Type: tar.TypeReg, Mode: 0o644, Body: []byte("x"), Xattrs: map[string]string{"user.ok": "1", "security.capability": "bad", "trusted.t": "bad"}},
 	}}}
-	var progress bytes.Buffer
-	img, err := e.store.LoadFile(context.Background(), e.writeArchive(t, "img", layers, fixture.ArchiveOptions{}), &progress)
+	img, err := e.load(t, e.writeArchive(t, "img", layers, fixture.ArchiveOptions{}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,14 +296,6 @@ func TestModesAndDevices(t *testing.T) {
 		if err != nil || st.Mode()&(os.ModeType|os.ModePerm|os.ModeSetuid|os.ModeSetgid) != want {
 			t.Errorf("%s mode %v (%v), want %v", path, st.Mode(), err, want)
 		}
-	}
-	for _, p := range []string{"dev/null", "dev/sda", "fifo"} {
-		if _, err := os.Lstat(filepath.Join(img.Rootfs, p)); err == nil {
-			t.Errorf("%s was created", p)
-		}
-	}
-	if !strings.Contains(progress.String(), "skipped 3 device") {
-		t.Errorf("progress %q does not report the skipped devices", progress.String())
 	}
 	buf := make([]byte, 64)
 	probe := filepath.Join(e.dir, "probe")
@@ -256,7 +324,7 @@ func TestSharedLayersUnpackOnce(t *testing.T) {
 	if imgB.UnpackedLayers != 1 || imgB.Layers != 3 {
 		t.Fatalf("B unpacked %d of %d layers, want 1 of 3", imgB.UnpackedLayers, imgB.Layers)
 	}
-	if got := len(e.names(t, "layers")); got != 3 {
+	if got := len(e.layers(t)); got != 3 {
 		t.Fatalf("%d layers in store, want 3", got)
 	}
 }
@@ -268,9 +336,12 @@ func TestLookup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := e.store.Lookup(img.ChainID)
-	if err != nil || got.Rootfs != img.Rootfs || got.Layers != 1 || got.UnpackedLayers != 0 {
+	got, err := e.store.Lookup(img.ID)
+	if err != nil || got.Rootfs != img.Rootfs || got.Layers != 1 || got.UnpackedLayers != 0 || got.ChainID != img.ChainID {
 		t.Fatalf("Lookup: %+v %v", got, err)
+	}
+	if _, err := e.store.Lookup(img.ChainID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Lookup of a chain id: %v, want ErrNotFound (an image is named by its config)", err)
 	}
 	if _, err := e.store.Lookup(fixture.Digest([]byte("nothing"))); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Lookup of an absent image: %v, want ErrNotFound", err)
@@ -356,7 +427,7 @@ func TestLayerNamedAfterCachedLayer(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "its name promises content") {
 		t.Fatalf("impostor layer: %v, want a name/content mismatch error", err)
 	}
-	if got := len(e.names(t, "layers")); got != 1 {
+	if got := len(e.layers(t)); got != 1 {
 		t.Fatalf("%d layers published, want only the first image's", got)
 	}
 }
@@ -399,29 +470,58 @@ func TestDockerSaveLegacyMembers(t *testing.T) {
 	}
 }
 
-func TestSameLayersNewConfig(t *testing.T) {
+// TestConfigOnlyTwins: two images with the same layers and different
+// configs share the tree, never the config, whatever order they are
+// loaded and looked up in, from the file or from the source cache.
+func TestConfigOnlyTwins(t *testing.T) {
 	e := newEnv(t)
+	e.store.now = func() time.Time { return time.Now().Add(racyWindow) } // the files are not racy
 	layers := []fixture.Layer{busyboxLayer(t)}
-	load := func(name string, env string) *Image {
+	counter := filepath.Join(e.dir, "runs")
+	write := func(name, env string) string {
 		cfg := fixture.DefaultConfig()
 		cfg.Env = append(cfg.Env, env)
-		var buf bytes.Buffer
-		if err := fixture.WriteDockerArchive(&buf, layers, &cfg, fixture.ArchiveOptions{}); err != nil {
+		p := filepath.Join(e.dir, name)
+		if err := fixture.WriteStreamScript(p, layers, &cfg, fixture.ArchiveOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		img, err := e.load(t, e.writeBytes(t, name, buf.Bytes()))
+		body := "#!/bin/sh\necho " + name + " >> '" + counter + "'\nexec cat '" + p + ".tar'\n"
+		if err := os.WriteFile(p, []byte(body), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	x, y := write("x", "V=x"), write("y", "V=y")
+	ids := map[string]string{}
+	for i, f := range []string{x, y, x, y} {
+		img, err := e.store.LoadFileCached(context.Background(), FileSource{Path: f}, LoadOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		return img
+		want := "V=" + filepath.Base(f)
+		if !slices.Contains(img.Config.Env, want) {
+			t.Fatalf("load %d of %s: env %v, want %s", i, f, img.Config.Env, want)
+		}
+		if id, ok := ids[f]; ok && id != img.ID {
+			t.Fatalf("%s loaded as %s, then as %s", f, id, img.ID)
+		}
+		ids[f] = img.ID
+		if img.ChainID != chainOf(t, layers) || img.Rootfs != filepath.Join(e.store.Root(), "trees", hexPart(img.ChainID), "root") {
+			t.Fatalf("load %d: %+v, want the shared tree", i, img)
+		}
+		looked, err := e.store.Lookup(img.ID)
+		if err != nil || !slices.Contains(looked.Config.Env, want) {
+			t.Fatalf("Lookup(%s): %v %v", img.ID, looked.Config.Env, err)
+		}
 	}
-	a, b := load("a", "V=a"), load("b", "V=b")
-	if a.ChainID != b.ChainID || !slices.Contains(b.Config.Env, "V=b") {
-		t.Fatalf("second config not returned: %v", b.Config.Env)
+	if runs, _ := os.ReadFile(counter); string(runs) != "x\ny\n" {
+		t.Fatalf("image scripts ran %q, want each once (the second round from the source cache)", runs)
 	}
-	looked, err := e.store.Lookup(b.ChainID)
-	if err != nil || !slices.Contains(looked.Config.Env, "V=b") {
-		t.Fatalf("Lookup after a config change: %v %v", looked.Config.Env, err)
+	if ids[x] == ids[y] {
+		t.Fatalf("both twins have id %s", ids[x])
+	}
+	if got := len(e.names(t, "trees")); got != 1 {
+		t.Fatalf("%d trees, want 1 shared", got)
 	}
 }
 
@@ -430,12 +530,71 @@ func TestCancelledLoadPublishesNothing(t *testing.T) {
 	path := e.writeArchive(t, "img", []fixture.Layer{busyboxLayer(t)}, fixture.ArchiveOptions{})
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := e.store.LoadFile(ctx, path, nil); !errors.Is(err, context.Canceled) {
+	if _, err := e.store.LoadFile(ctx, path, LoadOptions{}); !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled load: %v, want context.Canceled", err)
 	}
-	for _, sub := range []string{"layers", "rootfs", "tmp"} {
+	for _, sub := range []string{"layers", "trees", "images", "tmp"} {
 		if got := e.names(t, sub); len(got) != 0 {
 			t.Errorf("%s/ holds %v after a cancelled load", sub, got)
+		}
+	}
+}
+
+// TestHolesStayHoles: a sparse file, and runs of zeros a compressor made
+// tiny, take no space on disk.
+func TestHolesStayHoles(t *testing.T) {
+	const size = 2 << 30
+	e := newEnv(t)
+	zeros := make([]byte, 16<<20)
+	copy(zeros[1<<20:], "in the middle")
+	layers := []fixture.Layer{{Entries: []fixture.Entry{
+		fixture.Sparse("sparse", size, 0o644,
+			fixture.SparseChunk{Offset: 0, Data: []byte("head")},
+			fixture.SparseChunk{Offset: size - 4, Data: []byte("tail")}),
+		fixture.File("zeros", zeros, 0o644),
+	}}}
+	path := e.writeArchive(t, "img", layers, fixture.ArchiveOptions{LayerCompression: fixture.Gzip})
+	if st, _ := os.Stat(path); st.Size() > 1<<20 {
+		t.Fatalf("the archive is %d bytes", st.Size())
+	}
+	img, err := e.load(t, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]map[int64]string{
+		"sparse": {0: "head", size - 4: "tail", size / 2: "\x00\x00\x00\x00"},
+		"zeros":  {1 << 20: "in the middle", 0: "\x00\x00", 16<<20 - 2: "\x00\x00"},
+	} {
+		p := filepath.Join(img.Rootfs, name)
+		var st syscall.Stat_t
+		if err := syscall.Stat(p, &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Blocks*512 > 1<<20 {
+			t.Errorf("%s takes %d bytes on disk, want its holes kept", name, st.Blocks*512)
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for off, s := range want {
+			got := make([]byte, len(s))
+			if _, err := f.ReadAt(got, off); err != nil || string(got) != s {
+				t.Errorf("%s at %d: %q %v, want %q", name, off, got, err, s)
+			}
+		}
+		f.Close()
+	}
+	// The holes count towards the cap: it is about what an image unpacks to.
+	small := newEnv(t, WithLimits(Limits{MaxTotalBytes: 1 << 30, MaxEntries: 100}))
+	_, err = small.load(t, small.writeArchive(t, "img", layers, fixture.ArchiveOptions{}))
+	var le *LimitError
+	if !errors.As(err, &le) || !strings.Contains(err.Error(), "the image unpacks to more than 1GiB, the limit for one image; if you trust it, raise the limit with --max-image-size") {
+		t.Fatalf("over the cap: %v", err)
+	}
+	for _, sub := range []string{"layers", "trees", "images", "tmp"} {
+		if got := small.names(t, sub); len(got) != 0 {
+			t.Errorf("%s/ holds %v after the cap stopped a load", sub, got)
 		}
 	}
 }

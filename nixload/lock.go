@@ -89,13 +89,21 @@ func sameFile(f *os.File, path string) bool {
 // remove deletes the dir, then its lock file, then releases the lock: in
 // that order a cleaner never sees a live dir without a held lock.
 func (t *tempDir) remove() {
-	os.RemoveAll(t.path)
+	removeAllForce(t.path)
 	os.Remove(t.path + ".lock")
 	t.lock.Close()
 }
 
-// cleanTemp removes temp dirs whose owner no longer holds their lock.
-func (s *Store) cleanTemp() error {
+// tempCleaned is what cleanTemp removed: how many temp dirs, and the
+// file data that went with them.
+type tempCleaned struct {
+	dirs  int
+	bytes int64
+}
+
+// cleanTemp removes temp dirs whose owner no longer holds their lock (a
+// loader killed mid-layer leaves one) and adds what it removed to c.
+func (s *Store) cleanTemp(c *tempCleaned) error {
 	dir := filepath.Join(s.root, "tmp")
 	entries, err := os.ReadDir(dir)
 	if err != nil {
@@ -112,22 +120,33 @@ func (s *Store) cleanTemp() error {
 		p := filepath.Join(dir, name)
 		switch {
 		case isLock:
-			s.reapIfDead(p)
+			s.reapIfDead(p, c)
 		case !locks[name]:
 			// A live owner creates its lock before the dir and removes it
 			// after, so a dir without a lock file has no owner.
-			os.RemoveAll(p)
+			c.remove(p)
 		}
 	}
 	return nil
 }
 
-func (s *Store) reapIfDead(p string) {
+// reapIfDead removes a temp dir whose lock nobody holds.
+func (s *Store) reapIfDead(p string, c *tempCleaned) {
 	lock, err := flockFile(p+".lock", unix.LOCK_EX|unix.LOCK_NB)
 	if err != nil {
 		return
 	}
 	defer lock.Close()
-	os.RemoveAll(p)
+	if exists(p) {
+		c.remove(p)
+	}
 	os.Remove(p + ".lock")
+}
+
+func (c *tempCleaned) remove(p string) {
+	n := lastLinkBytes(p)
+	if removeAllForce(p) == nil {
+		c.dirs++
+		c.bytes += n
+	}
 }

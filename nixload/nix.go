@@ -165,10 +165,10 @@ func (s *Store) CachedFlake(src FlakeSource) (*Image, bool) {
 		return nil, false
 	}
 	e, err := s.readFlakeEntry(key)
-	if err != nil || e.ChainID == "" {
+	if err != nil || e.ImageID == "" {
 		return nil, false
 	}
-	img, err := s.Lookup(e.ChainID)
+	img, err := s.Lookup(e.ImageID)
 	if err != nil {
 		return nil, false
 	}
@@ -220,7 +220,7 @@ func (s *Store) loadCacheable(ctx context.Context, src FlakeSource, nixPath, key
 	var be *BuildError
 	switch {
 	case err == nil:
-		if err := s.writeFlakeEntry(key, flakeEntry{Ref: src.Ref, PackagesFile: src.PackagesFile, ChainID: img.ChainID, OutPath: out}); err != nil {
+		if err := s.writeFlakeEntry(key, flakeEntry{Ref: src.Ref, PackagesFile: src.PackagesFile, ImageID: img.ID, OutPath: out}); err != nil {
 			return nil, err
 		}
 		s.dropSuperseded(src, key)
@@ -236,7 +236,7 @@ func (s *Store) buildAndLoad(ctx context.Context, src FlakeSource, nixPath, key 
 	if err != nil {
 		return nil, "", err
 	}
-	img, err = s.LoadFile(ctx, out, terminalOnly(src))
+	img, err = s.LoadFile(ctx, out, LoadOptions{Progress: terminalOnly(src), Notices: src.Progress})
 	if err != nil {
 		return nil, "", fmt.Errorf("load the image nix built from %s (%s): %w", src.Ref, out, err)
 	}
@@ -261,7 +261,7 @@ func (s *Store) replay(key string) (cachedResult, bool) {
 	if len(e.Failure) > 0 {
 		return cachedResult{err: &BuildError{Ref: e.Ref, Summary: e.Failure, LogPath: e.LogPath, Cached: true}, at: e.Time}, true
 	}
-	img, err := s.Lookup(e.ChainID)
+	img, err := s.Lookup(e.ImageID)
 	if err != nil {
 		return cachedResult{}, false
 	}
@@ -315,7 +315,7 @@ func nixSystem() string {
 type flakeEntry struct {
 	Ref          string    `json:"ref"`
 	PackagesFile string    `json:"packages_file,omitempty"`
-	ChainID      string    `json:"chain_id,omitempty"`
+	ImageID      string    `json:"image_id,omitempty"`
 	OutPath      string    `json:"out_path,omitempty"`
 	Failure      []string  `json:"failure,omitempty"`
 	LogPath      string    `json:"log,omitempty"`

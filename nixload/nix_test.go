@@ -279,11 +279,11 @@ func scenarioBuildAndCache(t *testing.T, work string) {
 	}
 
 	cached, ok := s.CachedFlake(src)
-	if !ok || cached.ChainID != img.ChainID {
+	if !ok || cached.ID != img.ID {
 		t.Fatalf("CachedFlake after a build = %v, %v; want the built image", cached, ok)
 	}
 	again, err := s.LoadFlake(ctxT(t), src)
-	if err != nil || again.ChainID != img.ChainID {
+	if err != nil || again.ID != img.ID {
 		t.Fatalf("second LoadFlake = %v, %v", again, err)
 	}
 	if calls() != 1 {
@@ -351,10 +351,10 @@ func scenarioConcurrent(t *testing.T, work string) {
 		if r.err != nil {
 			t.Fatalf("concurrent LoadFlake: %v", r.err)
 		}
-		if chain != "" && r.img.ChainID != chain {
-			t.Fatalf("concurrent callers got different images: %s vs %s", chain, r.img.ChainID)
+		if chain != "" && r.img.ID != chain {
+			t.Fatalf("concurrent callers got different images: %s vs %s", chain, r.img.ID)
 		}
-		chain = r.img.ChainID
+		chain = r.img.ID
 	}
 	if calls() != 1 {
 		t.Fatalf("%d concurrent first calls ran nix %d times, want 1", n, calls())
@@ -426,7 +426,7 @@ func scenarioPackagesShapes(t *testing.T, work string) {
 		if calls() != i+1 {
 			t.Fatalf("%s: nix ran %d times, want %d", c.name, calls(), i+1)
 		}
-		seen[img.ChainID] = true
+		seen[img.ID] = true
 		if _, ok := s.CachedFlake(src); !ok {
 			t.Fatalf("%s: CachedFlake missed right after the build", c.name)
 		}
@@ -560,8 +560,8 @@ func scenarioRefresh(t *testing.T, work string) {
 	if calls() != 2 {
 		t.Fatalf("refresh ran nix %d times in total, want 2", calls())
 	}
-	if again.ChainID != first.ChainID {
-		t.Fatalf("an unchanged flake rebuilt to a different image: %s vs %s", again.ChainID, first.ChainID)
+	if again.ID != first.ID {
+		t.Fatalf("an unchanged flake rebuilt to a different image: %s vs %s", again.ID, first.ID)
 	}
 	// The out-link keeps the image alive through nix's garbage collector.
 	link := filepath.Join(s.Root(), "gcroots")
@@ -842,7 +842,7 @@ func BenchmarkCachedFlake(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if err := s.writeFlakeEntry(key, flakeEntry{Ref: src.Ref, ChainID: img.ChainID}); err != nil {
+	if err := s.writeFlakeEntry(key, flakeEntry{Ref: src.Ref, ImageID: img.ID}); err != nil {
 		b.Fatal(err)
 	}
 	b.ResetTimer()

@@ -24,6 +24,7 @@ import (
 const (
 	envLoaderStore = "NIXLOAD_TEST_LOADER_STORE"
 	envLoaderImage = "NIXLOAD_TEST_LOADER_IMAGE"
+	envLoaderGC    = "NIXLOAD_TEST_LOADER_GC" // run GC instead, print its stats
 )
 
 // TestLoaderProcess is the body of a loader process; in a normal run it
@@ -34,9 +35,16 @@ func TestLoaderProcess(t *testing.T) {
 		return
 	}
 	s, err := Open(store)
+	if err == nil && os.Getenv(envLoaderGC) != "" {
+		var st GCStats
+		if st, err = s.GC(nil, nil); err == nil {
+			json.NewEncoder(os.Stdout).Encode(st)
+			os.Exit(0)
+		}
+	}
 	if err == nil {
 		var img *Image
-		img, err = s.LoadFile(context.Background(), os.Getenv(envLoaderImage), nil)
+		img, err = s.LoadFile(context.Background(), os.Getenv(envLoaderImage), LoadOptions{})
 		if err == nil {
 			json.NewEncoder(os.Stdout).Encode(img)
 			os.Exit(0)
@@ -94,6 +102,22 @@ func (p *procEnv) loader(image string) *exec.Cmd {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: p.cred}
 	}
 	return cmd
+}
+
+// gc runs GC in a process of the loaders' uid.
+func (p *procEnv) gc(t *testing.T) GCStats {
+	t.Helper()
+	cmd := p.loader("")
+	cmd.Env = append(cmd.Env, envLoaderGC+"=1")
+	out, err := cmd.Output()
+	var st GCStats
+	if err == nil {
+		err = json.Unmarshal(out, &st)
+	}
+	if err != nil {
+		t.Fatalf("gc: %s %v", out, err)
+	}
+	return st
 }
 
 func (p *procEnv) writeImage(t *testing.T, name string, layers []fixture.Layer, opts fixture.ArchiveOptions) string {
@@ -190,7 +214,7 @@ func TestConcurrentLoadersUnpackEachLayerOnce(t *testing.T) {
 // dirs are left.
 func assertStoreState(t *testing.T, store string, layers, trees int) {
 	t.Helper()
-	assertPublished(t, store, map[string]int{"layers": layers, "rootfs": trees, "tmp": 0})
+	assertPublished(t, store, map[string]int{"layers": layers, "trees": trees, "tmp": 0})
 }
 
 func assertPublished(t *testing.T, store string, counts map[string]int) {
@@ -200,11 +224,14 @@ func assertPublished(t *testing.T, store string, counts map[string]int) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(ents) != want {
-			var names []string
-			for _, e := range ents {
-				names = append(names, e.Name())
+		var names []string
+		for _, e := range ents {
+			if sub == "layers" && !e.IsDir() {
+				continue // each layer's record beside it
 			}
+			names = append(names, e.Name())
+		}
+		if len(names) != want {
 			t.Errorf("%s/ has %v, want %d entries", sub, names, want)
 		}
 	}
@@ -251,11 +278,32 @@ func TestKilledLoaderLeavesOnlyTempDirs(t *testing.T) {
 			if ents, _ := os.ReadDir(filepath.Join(p.store, "tmp")); len(ents) == 0 {
 				t.Fatal("the killed loader left no temp dir: it was not mid-unpack")
 			}
-			assertPublished(t, p.store, map[string]int{"layers": 0, "rootfs": 0})
+			assertPublished(t, p.store, map[string]int{"layers": 0, "trees": 0, "images": 0})
 			if t.Failed() {
 				return
 			}
-			// The next loader, as the same user, cleans up and succeeds.
+			// A loader killed while assembling leaves the image's modes:
+			// 0555 and 0000 directories with files inside.
+			leftover := p.leftoverTemp(t)
+			for _, d := range []struct {
+				path string
+				mode os.FileMode
+			}{{"ro", 0o555}, {"none", 0}} {
+				dir := filepath.Join(leftover, d.path)
+				os.Mkdir(dir, 0o755)
+				os.WriteFile(filepath.Join(dir, "f"), []byte("x"), 0o400)
+				if p.cred != nil {
+					os.Chown(dir, int(p.cred.Uid), int(p.cred.Gid))
+					os.Chown(filepath.Join(dir, "f"), int(p.cred.Uid), int(p.cred.Gid))
+				}
+				os.Chmod(dir, d.mode)
+			}
+			// --gc removes it, with the loader gone.
+			if st := p.gc(t); st.Temp != 1 || st.Bytes == 0 {
+				t.Fatalf("gc after the crash: %+v, want the temp dir removed and its bytes counted", st)
+			}
+			assertPublished(t, p.store, map[string]int{"tmp": 0})
+			// The next loader, as the same user, succeeds.
 			out, err := p.loader(image).Output()
 			if err != nil {
 				t.Fatalf("load after the crash: %v", err)
@@ -267,6 +315,19 @@ func TestKilledLoaderLeavesOnlyTempDirs(t *testing.T) {
 			assertStoreState(t, p.store, len(layers), 1)
 		})
 	}
+}
+
+// leftoverTemp is the one temp dir a killed loader left.
+func (p *procEnv) leftoverTemp(t *testing.T) string {
+	t.Helper()
+	ents, _ := os.ReadDir(filepath.Join(p.store, "tmp"))
+	for _, e := range ents {
+		if e.IsDir() {
+			return filepath.Join(p.store, "tmp", e.Name())
+		}
+	}
+	t.Fatal("no temp dir left")
+	return ""
 }
 
 // waitForPartialLayer waits until a loader's temp dir holds unpacked files.
@@ -290,7 +351,7 @@ func waitForPartialLayer(t *testing.T, store string) {
 	t.Fatal("the loader never started unpacking")
 }
 
-func TestOpenKeepsLiveTempDirs(t *testing.T) {
+func TestOpenAndGCKeepLiveTempDirs(t *testing.T) {
 	e := newEnv(t)
 	tmp, err := e.store.newTemp()
 	if err != nil {
@@ -302,5 +363,11 @@ func TestOpenKeepsLiveTempDirs(t *testing.T) {
 	}
 	if _, err := os.Stat(tmp.path); err != nil {
 		t.Fatalf("Open removed a live loader's temp dir: %v", err)
+	}
+	if st, err := e.store.GC(nil, nil); err != nil || st.Temp != 0 {
+		t.Fatalf("GC: %+v %v", st, err)
+	}
+	if _, err := os.Stat(tmp.path); err != nil {
+		t.Fatalf("GC removed a live loader's temp dir: %v", err)
 	}
 }

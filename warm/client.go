@@ -65,7 +65,7 @@ type Spec struct {
 	OneShot bool          // a private container that ends after this call (--no-keep-warm)
 	BuildID string        // from BuildID(); "" = computed from /proc/self/exe
 	Image   string        // shown by List: a human label of the image
-	ChainID string        // the image's chain id; List reports it so GC keeps the image
+	ChainID string        // the chain id of the image's tree; List reports it so GC keeps the tree
 	Workdir string        // shown by List; "" = Create.Config.Workdir
 	// Family names the container's shape without its image and build
 	// (the workdir and options). When a container of a family starts,

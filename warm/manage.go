@@ -21,7 +21,7 @@ type Info struct {
 	Key             string `json:"key"`
 	Pid             int    `json:"pid"` // the agent's host pid
 	Image           string `json:"image"`
-	ChainID         string `json:"chain_id"` // the image GC must keep
+	ChainID         string `json:"chain_id"` // the tree GC must keep
 	Workdir         string `json:"workdir"`
 	Created         string `json:"created"` // RFC 3339
 	IdleSeconds     int64  `json:"idle_seconds"`

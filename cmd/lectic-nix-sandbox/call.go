@@ -125,7 +125,7 @@ func namedEnv(flags []string) ([]string, error) {
 // different /etc/passwd entries. The shape alone names the container's
 // family: a new image for the same shape replaces the old container.
 func imageParts(c sandboxCall, buildID string) []string {
-	return []string{"chain=" + c.image.img.ChainID, "build=" + buildID}
+	return []string{"image=" + c.image.img.ID, "chain=" + c.image.img.ChainID, "build=" + buildID}
 }
 
 func shapeParts(c sandboxCall, homeTarget string) []string {

@@ -62,11 +62,11 @@ func fastCallFor(args []string, o options, r roots, stderr io.Writer) *fastCall 
 	case o.image == "host":
 		inputs = nixload.HostInputs()
 	case o.image != "":
-		abs, err := filepath.Abs(o.image)
+		src, err := nixload.ParseFileSource(o.image)
 		if err != nil {
 			return nil
 		}
-		inputs = nixload.FileInputs(abs)
+		inputs = nixload.FileInputs(src)
 	default:
 		src, _, err := flakeSource(o, r, stderr)
 		if err != nil {
@@ -95,7 +95,10 @@ func observeInputs(inputs []nixload.Input) ([]fastpath.Check, error) {
 	checks := make([]fastpath.Check, 0, len(inputs))
 	for _, in := range inputs {
 		kind := fastpath.Lstat
-		if in.Follow {
+		switch {
+		case in.Resolve:
+			kind = fastpath.Real
+		case in.Follow:
 			kind = fastpath.Stat
 		}
 		c, err := fastpath.Observe(kind, in.Path)

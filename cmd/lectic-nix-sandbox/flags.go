@@ -25,6 +25,7 @@ type options struct {
 	maxWarm      int
 	packagesFile string
 	image        string
+	maxImage     int64 // --max-image-size; 0 = nixload's default
 	flake        string
 	env          []string
 	timeout      time.Duration
@@ -149,6 +150,14 @@ var flagTable = []flagSpec{
 	}},
 	{names: []string{"--nix-packages-file"}, takesValue: true, apply: func(o *options, _, v string) error { o.packagesFile = v; return nil }},
 	{names: []string{"--image"}, takesValue: true, apply: func(o *options, _, v string) error { o.image = v; return nil }},
+	{names: []string{"--max-image-size"}, takesValue: true, apply: func(o *options, n, v string) error {
+		size, err := flagvalue.Size(n, v, 1<<20, 1<<50)
+		if err != nil {
+			return &usageError{err.Error()}
+		}
+		o.maxImage = size
+		return nil
+	}},
 	{names: []string{"--flake"}, takesValue: true, apply: func(o *options, _, v string) error { o.flake = v; return nil }},
 	{names: []string{"--env", "-e"}, takesValue: true, apply: func(o *options, n, v string) error {
 		name, _, _ := strings.Cut(v, "=")
@@ -367,10 +376,15 @@ Sandbox:
                                OCI/Docker seccomp JSON profile (as podman takes)
 Image:
       --image PATH|host        image archive, OCI layout or streamLayeredImage script;
-                               "host" is a read-only view of this machine's system
+                               "host" is a read-only view of this machine's system;
+                               PATH:REF picks one image of an archive holding several
+                               (REF: a tag such as name:latest, or @N for the N-th)
+      --max-image-size SIZE    refuse an image that unpacks to more than SIZE
+                               (default 32G; K, M, G, T are powers of 1024)
       --flake REF              flake whose #containerImage is the image
       --nix-packages-file FILE extra packages for the flake's image
-      --refresh                rebuild the flake image even if it is cached
+      --refresh                rebuild the flake image (or read the --image file)
+                               even if it is cached
       --nix-exe PATH           nix executable (default: nix)
       --nix-extra ARGS         extra arguments for nix build
 Warm containers:
@@ -389,7 +403,7 @@ Management:
       --gc                     remove cached images nothing refers to
       --install [DIR]          install as a Lectic plugin (default:
                                $LECTIC_DATA/plugins/nix-sandbox)
-      --load IMAGE             load IMAGE into the cache and print it as JSON
+      --load IMAGE[:REF]       load IMAGE into the cache and print it as JSON
       --version, -h/--help
 
 Exit status: the command's; 128+N if it was killed by signal N; 124 on

@@ -28,12 +28,12 @@ func resolveImage(ctx context.Context, o options, r roots, store *nixload.Store,
 		img, err := store.Host()
 		return imageChoice{img: img, label: "host"}, err
 	case o.image != "":
-		path, err := filepath.Abs(o.image)
+		src, err := nixload.ParseFileSource(o.image)
 		if err != nil {
-			return imageChoice{}, fmt.Errorf("image %s: %w", o.image, err)
+			return imageChoice{}, err
 		}
-		img, err := store.LoadFileCached(ctx, path, progressWriter(stderr))
-		return imageChoice{img: img, label: path}, err
+		img, err := store.LoadFileCached(ctx, src, loadOptions(o, stderr))
+		return imageChoice{img: img, label: src.String()}, err
 	}
 	src, explicit, err := flakeSource(o, r, stderr)
 	if err != nil {
@@ -126,6 +126,21 @@ func flakeSource(o options, r roots, stderr io.Writer) (nixload.FlakeSource, boo
 func nixUsable(exe string) bool {
 	_, err := exec.LookPath(exe)
 	return err == nil
+}
+
+// openStore opens the image cache with the limits the options set.
+func openStore(r roots, o options) (*nixload.Store, error) {
+	lim := nixload.DefaultLimits()
+	if o.maxImage > 0 {
+		lim.MaxTotalBytes = o.maxImage
+	}
+	return nixload.Open(r.cache, nixload.WithLimits(lim))
+}
+
+// loadOptions are how an image file is read for this call: progress on a
+// terminal only, notices wherever stderr goes.
+func loadOptions(o options, stderr io.Writer) nixload.LoadOptions {
+	return nixload.LoadOptions{Progress: progressWriter(stderr), Notices: stderr, Refresh: o.refresh}
 }
 
 // progressWriter passes loader progress to stderr only on a terminal, so

@@ -45,7 +45,7 @@ func manage(ctx context.Context, o options, r roots, stdout, stderr io.Writer) e
 	case "install":
 		return install(o.actionArg, r, stdout)
 	case "load":
-		return load(ctx, o.actionArg, r, stdout, stderr)
+		return load(ctx, o, r, stdout, stderr)
 	}
 	return fmt.Errorf("internal: unhandled action %q", o.action)
 }
@@ -56,20 +56,31 @@ func pruneTickets() {
 	}
 }
 
-func load(ctx context.Context, path string, r roots, stdout, stderr io.Writer) error {
-	store, err := nixload.Open(r.cache)
+// load loads an image file (recording it, so that the next --image of the
+// unchanged file finds it) and prints it with what it shares with the
+// other cached images.
+func load(ctx context.Context, o options, r roots, stdout, stderr io.Writer) error {
+	store, err := openStore(r, o)
 	if err != nil {
 		return err
 	}
-	abs, err := filepath.Abs(path)
+	src, err := nixload.ParseFileSource(o.actionArg)
 	if err != nil {
 		return err
 	}
-	img, err := store.LoadFile(ctx, abs, progressWriter(stderr))
+	img, err := store.LoadFileCached(ctx, src, loadOptions(o, stderr))
 	if err != nil {
 		return err
 	}
-	line, err := json.Marshal(img)
+	shared, err := store.Sharing(img)
+	if err != nil {
+		return err
+	}
+	line, err := json.Marshal(struct {
+		*nixload.Image
+		Source string          `json:"source"`
+		Shared nixload.Sharing `json:"shared"`
+	}{img, src.String(), shared})
 	if err != nil {
 		return err
 	}
@@ -106,8 +117,8 @@ func list(r roots, asJSON bool, stdout io.Writer) error {
 	return tw.Flush()
 }
 
-// gc keeps every image a running warm container uses; the store itself keeps
-// what its source caches point at.
+// gc keeps the tree every running warm container uses (by chain id); the
+// store itself keeps the images its source caches point at.
 func gc(r roots, stdout io.Writer) error {
 	store, err := nixload.Open(r.cache)
 	if err != nil {

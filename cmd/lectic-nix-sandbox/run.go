@@ -191,7 +191,7 @@ func runCommand(ctx context.Context, args []string, o options, r roots, stderr i
 	if err != nil {
 		return 0, err
 	}
-	store, err := nixload.Open(r.cache)
+	store, err := openStore(r, o)
 	if err != nil {
 		return 0, err
 	}
