@@ -43,6 +43,9 @@
 //	                alternately with this one's
 //	first_start     `--no-keep-warm true` with empty cache and temp dirs
 //	bwrap           a fresh `bwrap --unshare-all` over the rootfs --load unpacked
+//	unpack          `--load` into an empty cache: digests, unpack, tree
+//	unpack_tar      `tar -xf` of the same layers plus `sha256sum`: unpack's baseline
+//	load_cached     `--load` of the unchanged cached image: recognising it
 //	podman_load     first `podman load` into an empty vfs store
 //	podman_run      `podman run --rm`
 //	podman_exec     `podman exec` into a running container

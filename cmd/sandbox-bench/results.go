@@ -66,6 +66,8 @@ var goals = []Goal{
 	{Text: "net_download_256m >= 70% of net_download_256m_direct's throughput", Over: []string{"net_download_256m_direct"}, Under: "net_download_256m", Threshold: 0.7},
 	{Text: "warm_exec (seccomp filter and limits) <= 1.1x warm_exec_unconfined", Over: []string{"warm_exec_unconfined"}, Under: "warm_exec", Threshold: 1.1, AtMost: true},
 	{Text: "cold_start adds <= 2 ms to cold_start_baseline (-baseline: the previous build)", Over: []string{"cold_start_baseline"}, Under: "cold_start", Threshold: 2, Added: true},
+	{Text: "unpack <= 1.0x unpack_tar (tar -x + sha256sum)", Over: []string{"unpack_tar"}, Under: "unpack", Threshold: 1, AtMost: true},
+	{Text: "load_cached adds <= 1 ms to client_startup", Over: []string{"client_startup"}, Under: "load_cached", Threshold: 1, Added: true},
 }
 
 // GoalResult is a Goal evaluated against a Report.

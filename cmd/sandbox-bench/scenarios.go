@@ -43,6 +43,9 @@ func (b *bench) runAll(ctx context.Context) []Result {
 	run([]string{"cold_start", "cold_start_baseline"}, func() []Result { return b.coldStart(ctx) })
 	run([]string{"first_start"}, one(b.firstStart))
 	run([]string{"bwrap"}, func() []Result { return []Result{b.bwrap(ctx, rootfs, loadErr)} })
+	run([]string{"unpack"}, one(b.unpack))
+	run([]string{"unpack_tar"}, one(b.unpackTar))
+	run([]string{"load_cached"}, one(b.loadCached))
 	run([]string{"podman_load", "podman_run", "podman_exec"}, func() []Result { return b.podman(ctx) })
 	return out
 }
@@ -94,6 +97,7 @@ func (b *bench) clientStartup(ctx context.Context) Result {
 
 // loadResult is what `--load` prints.
 type loadResult struct {
+	ID             string `json:"id"`
 	ChainID        string `json:"chain_id"`
 	Rootfs         string `json:"rootfs"`
 	Layers         int    `json:"layers"`
