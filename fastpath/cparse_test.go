@@ -232,3 +232,30 @@ func FuzzTicketParser(f *testing.F) {
 
 // maxSocketPath is what sun_path holds, its NUL aside.
 const maxSocketPath = 107
+
+// TestCTakesEveryCheckKind: a check of every kind the Go side writes is one
+// fastpath.c parses; a kind it did not know would send every call of such
+// a ticket to the Go client, and fail every require-mode call.
+func TestCTakesEveryCheckKind(t *testing.T) {
+	for _, k := range []Kind{Lstat, Stat, Identity, Real} {
+		t.Run(string(k), func(t *testing.T) {
+			c, err := Observe(k, "/")
+			if err != nil {
+				t.Fatal(err)
+			}
+			data, err := encode(Ticket{Socket: "/tmp/x/agent.sock", Request: []byte(`{"type":"run"}`), Cwd: "/w",
+				Env: oci.NewEnvRecipe(nil, nil, "/", "u"), Checks: []Check{c}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := cBuildRequest(data, nil, []string{"true"}, 0); got.why != "" {
+				t.Fatalf("fastpath.c refuses a %s check: %s", k, got.why)
+			}
+		})
+	}
+	data, _ := encode(Ticket{Socket: "/s", Request: []byte(`{"type":"run"}`), Cwd: "/w",
+		Env: oci.NewEnvRecipe(nil, nil, "/", "u"), Checks: []Check{{Kind: "mtime", Path: "/", State: "x"}}})
+	if got := cBuildRequest(data, nil, []string{"true"}, 0); got.why != "a ticket check is malformed" {
+		t.Fatalf("an unknown check kind: %q, want it refused", got.why)
+	}
+}

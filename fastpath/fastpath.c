@@ -744,7 +744,8 @@ static const char *parse_ticket(struct ticket *t)
 				return "the ticket's timeout is out of range";
 		} else if (!strcmp(p, "check")) {
 			char *want = strchr(val, ' '), *path = want ? strchr(want + 1, ' ') : NULL;
-			if (!path || (strncmp(val, "lstat ", 6) && strncmp(val, "stat ", 5) && strncmp(val, "id ", 3)))
+			if (!path || (strncmp(val, "lstat ", 6) && strncmp(val, "stat ", 5) && strncmp(val, "id ", 3) &&
+				      strncmp(val, "real ", 5)))
 				return "a ticket check is malformed";
 			*want++ = 0, *path++ = 0;
 			if (t->nchecks == ncap) {
