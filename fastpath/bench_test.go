@@ -49,10 +49,10 @@ func BenchmarkFastPathTicketEnv(b *testing.B) {
 }
 
 func benchCalls(b *testing.B, extra, imageEnv []string) {
-	tmp := b.TempDir()
+	tmp := shortTempDir(b)
 	b.Setenv("LECTIC_TEMP", tmp)
 	b.Setenv("USER", "tester")
-	dir, _ := Dir(os.Getenv)
+	dir := Dir(goTempRoot(b, filepath.Join(tmp, "nix-sandbox"), filepath.Join(tmp, "cache", "nix-sandbox")))
 	sock := filepath.Join(tmp, "agent.sock")
 	if imageEnv == nil {
 		imageEnv = []string{"PATH=/bin"}

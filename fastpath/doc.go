@@ -10,7 +10,12 @@
 //
 // # Tickets
 //
-// A ticket lives at T/fast/<name>. Its name is a SHA-256 over everything
+// A ticket lives at T/fast/<name>, T being the temp root the Go client
+// uses: the constructor finds it by the same rules (package statedir: the
+// fallback order, every directory up to / trusted, the real path) without
+// creating anything, and stops at a candidate the Go client would create.
+// Before it sends anything, it checks that the agent's socket is served by
+// its own uid (SO_PEERCRED). Its name is a SHA-256 over everything
 // the Go client reads to build its request apart from the command words:
 // the caller's uid and gid, the binary's path and stat data, the current
 // directory, the whole environment (os.Environ order) and the option words

@@ -246,7 +246,7 @@ struct call {
 	struct names first; /* name -> index in envp of its first entry */
 	char exe[PATH_MAX];
 	char cwd[PATH_MAX];
-	char dir[PATH_MAX]; /* T/fast */
+	char dir[PATH_MAX]; /* T/fast, T as pickTemp chooses it */
 	struct stat exest;
 };
 
@@ -360,23 +360,186 @@ static const char *first_env(struct call *c, const char *name)
 	return i < 0 ? NULL : c->envp[i] + len + 1;
 }
 
-/* ticket_dir is T/fast, with T as cmd's resolveRoots finds it, unjoined. */
-static const char *ticket_dir(struct call *c)
-{
-	const char *lt = first_env(c, "LECTIC_TEMP"), *tmp;
-	int n;
+/* ---- the temp root: statedir's rules and fallback order ---- */
 
+/* MAX_TEMP_ROOT is statedir.MaxTempRoot. */
+#define MAX_TEMP_ROOT (MAX_SOCKET - 6 - 25 - 11)
+
+/* judge_dir is statedir.judge: own marks the directory that holds the
+ * state itself. */
+static int judge_dir(const struct stat *st, int own)
+{
+	uid_t uid = getuid();
+
+	if (!S_ISDIR(st->st_mode))
+		return 0;
+	if (own)
+		return st->st_uid == uid && !(st->st_mode & 022);
+	if (st->st_uid != uid && st->st_uid != 0)
+		return 0;
+	if ((st->st_mode & 022) && (!(st->st_mode & S_ISVTX) || st->st_uid != 0))
+		return 0;
+	return 1;
+}
+
+/* chain_ok is statedir.chain: every directory from / down to real, an
+ * existing real path, is trusted. */
+static int chain_ok(const char *real, int own)
+{
+	char p[PATH_MAX];
+	struct stat st;
+	size_t n = strlen(real), i;
+
+	if (n >= sizeof p || real[0] != '/')
+		return 0;
+	memcpy(p, real, n + 1);
+	if (lstat("/", &st) || !judge_dir(&st, own && n == 1))
+		return 0;
+	for (i = 1; i <= n; i++) {
+		if (i < n && p[i] != '/')
+			continue;
+		p[i] = 0;
+		if (lstat(p, &st) || !judge_dir(&st, own && i == n))
+			return 0;
+		if (i < n)
+			p[i] = '/';
+	}
+	return 1;
+}
+
+/* clean_path is Go's filepath.Clean for an absolute path, in place: each
+ * name kept is written as "/name" no further on than where it was read. */
+static void clean_path(char *p)
+{
+	size_t o = 0, len;
+	char *in = p;
+
+	for (;;) {
+		while (*in == '/')
+			in++;
+		len = strcspn(in, "/");
+		if (len == 0)
+			break;
+		if (len == 2 && in[0] == '.' && in[1] == '.') {
+			while (o > 0 && p[--o] != '/')
+				;
+		} else if (len != 1 || in[0] != '.') {
+			p[o] = '/';
+			memmove(p + o + 1, in, len);
+			o += len + 1;
+		}
+		in += len;
+	}
+	if (o == 0)
+		p[o++] = '/';
+	p[o] = 0;
+}
+
+/*
+ * resolve_dir is statedir.resolve: real gets the real path of dir's
+ * longest existing ancestor, out the real path dir would have. It
+ * returns how many names are missing below real, or -1.
+ */
+static int resolve_dir(const char *dir, char *real, char *out)
+{
+	char clean[PATH_MAX], p[PATH_MAX];
+	size_t cut;
+	int missing = 0;
+
+	if (dir[0] != '/' || strlen(dir) >= sizeof clean)
+		return -1;
+	strcpy(clean, dir);
+	clean_path(clean);
+	strcpy(p, clean);
+	/* clean[cut:] is the missing part, "" or "/name/..." */
+	cut = strlen(clean);
+	while (!realpath(p, real)) {
+		if (errno != ENOENT || cut == 0)
+			return -1;
+		while (cut > 0 && clean[--cut] != '/')
+			;
+		p[cut > 0 ? cut : 1] = 0;
+		missing++;
+	}
+	if ((size_t)snprintf(out, PATH_MAX, "%s%s", strcmp(real, "/") || !missing ? real : "", clean + cut) >= PATH_MAX)
+		return -1;
+	return missing;
+}
+
+/*
+ * temp_probe judges one candidate as statedir.tryTemp would: 1 when it
+ * exists and is trusted (its real path in out), 0 when the Go client
+ * would create it (what exists is trusted and writable), -1 when the Go
+ * client passes it by.
+ */
+static int temp_probe(const char *dir, const char *needs, char *out)
+{
+	char real[PATH_MAX];
+	int missing;
+
+	if (needs && (resolve_dir(needs, real, out) != 0 || !chain_ok(real, 1)))
+		return -1;
+	missing = resolve_dir(dir, real, out);
+	if (missing < 0 || strlen(out) > MAX_TEMP_ROOT || !chain_ok(real, missing == 0))
+		return -1;
+	if (missing == 0)
+		return 1;
+	return access(real, W_OK | X_OK) ? -1 : 0;
+}
+
+/*
+ * temp_root finds T as cmd's resolveRoots and pickTemp do, the candidates
+ * in statedir.TempCandidates' order, and names T/fast.
+ */
+static const char *temp_root(struct call *c)
+{
+	char cand[4][PATH_MAX], needs[PATH_MAX], root[PATH_MAX];
+	const char *lt = first_env(c, "LECTIC_TEMP"), *tmp, *cache, *home;
+	unsigned uid = getuid();
+	int i, n;
+
+	/* 1: what Lectic gives (relative paths are the cwd's, as filepath.Abs) */
 	if (lt && *lt) {
-		n = snprintf(c->dir, sizeof c->dir, "%s/nix-sandbox/fast", lt);
+		n = snprintf(cand[0], PATH_MAX, "%s%s%s/nix-sandbox", lt[0] == '/' ? "" : c->cwd, lt[0] == '/' ? "" : "/", lt);
 	} else {
 		tmp = first_env(c, "TMPDIR");
 		if (!tmp || !*tmp)
 			tmp = "/tmp";
-		n = snprintf(c->dir, sizeof c->dir, "%s/lectic/nix-sandbox/fast", tmp);
+		n = snprintf(cand[0], PATH_MAX, "%s%s%s/lectic/nix-sandbox", tmp[0] == '/' ? "" : c->cwd, tmp[0] == '/' ? "" : "/", tmp);
 	}
-	if (n < 0 || (size_t)n >= sizeof c->dir || c->dir[0] != '/')
-		return "the temp dir is not an absolute path";
-	return NULL;
+	if (n < 0 || n >= PATH_MAX)
+		cand[0][0] = 0;
+	/* 2: the runtime dir the system made for this uid */
+	snprintf(needs, sizeof needs, "/run/user/%u", uid);
+	snprintf(cand[1], PATH_MAX, "/run/user/%u/lectic/nix-sandbox", uid);
+	/* 3: under the cache root */
+	cand[2][0] = 0;
+	cache = first_env(c, "LECTIC_CACHE");
+	if (cache && *cache) {
+		n = snprintf(cand[2], PATH_MAX, "%s%s%s/nix-sandbox/temp", cache[0] == '/' ? "" : c->cwd, cache[0] == '/' ? "" : "/", cache);
+	} else if ((cache = first_env(c, "XDG_CACHE_HOME")) && *cache) {
+		n = snprintf(cand[2], PATH_MAX, "%s%s%s/lectic/nix-sandbox/temp", cache[0] == '/' ? "" : c->cwd, cache[0] == '/' ? "" : "/", cache);
+	} else if ((home = first_env(c, "HOME")) && *home) {
+		n = snprintf(cand[2], PATH_MAX, "%s%s%s/.cache/lectic/nix-sandbox/temp", home[0] == '/' ? "" : c->cwd, home[0] == '/' ? "" : "/", home);
+	}
+	if (n < 0 || n >= PATH_MAX)
+		cand[2][0] = 0;
+	/* 4: a per-user dir in /tmp */
+	snprintf(cand[3], PATH_MAX, "/tmp/lectic-%u/nix-sandbox", uid);
+	for (i = 0; i < 4; i++) {
+		int got;
+		if (!cand[i][0])
+			continue;
+		got = temp_probe(cand[i], i == 1 ? needs : NULL, root);
+		if (got < 0)
+			continue;
+		if (got == 0)
+			return "no tickets yet";
+		if ((size_t)snprintf(c->dir, sizeof c->dir, "%s/fast", root) >= sizeof c->dir)
+			return "the temp dir is too long";
+		return NULL;
+	}
+	return "no safe temp dir";
 }
 
 static const char *describe(struct call *c)
@@ -1459,6 +1622,16 @@ static const char *run(struct ticket *t, struct request *req)
 			close(fds[3]);
 		return "no agent answers";
 	}
+	/* Who listens must be this user: never send a request, or our
+	 * stdio, to anyone else (warm's dial checks the same). */
+	{
+		struct ucred uc;
+		socklen_t ul = sizeof uc;
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &ul) || uc.uid != getuid()) {
+			close(fd);
+			return "the agent socket is served by another user";
+		}
+	}
 	/* Signals are queued from here, so one that arrives while the
 	 * command starts is forwarded, not fatal. */
 	sigemptyset(&sigs);
@@ -1549,8 +1722,8 @@ static const char *fast_call(struct call *c)
 	struct request req = {0};
 	const char *why;
 
-	if ((why = read_cmdline(c)) || (why = env_list(c, environ)) || (why = ticket_dir(c)) ||
-	    (why = describe(c)) || (why = open_ticket(c, &t)))
+	if ((why = read_cmdline(c)) || (why = env_list(c, environ)) || (why = describe(c)) ||
+	    (why = temp_root(c)) || (why = open_ticket(c, &t)))
 		goto out;
 	if ((why = parse_ticket(&t)) || (why = check_files(&t)))
 		goto out;

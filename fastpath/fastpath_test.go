@@ -19,6 +19,7 @@ import (
 
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/execargs"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/flagvalue"
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/statedir"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/testenv"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/netpolicy"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/oci"
@@ -421,13 +422,10 @@ func TestFastPath(t *testing.T) {
 }
 
 func runFastCase(t *testing.T, tc fastCase) {
-	tmp := t.TempDir()
+	tmp := shortTempDir(t)
 	t.Setenv("LECTIC_TEMP", tmp)
 	t.Setenv("USER", "tester")
-	dir, ok := Dir(os.Getenv)
-	if !ok {
-		t.Fatal("Dir is not absolute")
-	}
+	dir := Dir(goTempRoot(t, filepath.Join(tmp, "nix-sandbox"), filepath.Join(tmp, "cache", "nix-sandbox")))
 	sock := filepath.Join(tmp, "agent.sock")
 	// The image is reached through a `result` symlink, and checked as the
 	// CLI checks an --image file: its stat through the link, and the path
@@ -555,6 +553,29 @@ func checkRequest(t *testing.T, req map[string]any, tc fastCase, recipe oci.EnvR
 			t.Errorf("%s in the command's env: %v, want %v", name, found, present)
 		}
 	}
+}
+
+// goTempRoot is the temp root the Go client picks (cmd's pickTemp),
+// short of the last candidate: a test never makes /tmp/lectic-UID.
+func goTempRoot(t testing.TB, given, cache string) string {
+	t.Helper()
+	cands := statedir.TempCandidates(given, cache, os.Getuid())
+	root, err := statedir.PickTemp(cands[:len(cands)-1], os.Getuid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root
+}
+
+// shortTempDir keeps temp roots within statedir.MaxTempRoot.
+func shortTempDir(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("/tmp", "fp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
 }
 
 // childEnviron is the test's environment with extra set over it.

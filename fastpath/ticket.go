@@ -141,20 +141,9 @@ type Ticket struct {
 // stat data to prove it unchanged later; no ticket is written.
 var ErrRacy = errors.New("fast path: a file changed within the last two seconds")
 
-// Dir is T/fast as fastpath.c finds it: the raw environment values joined
-// with "/", not cleaned. ok is false when that is not an absolute path.
-func Dir(getenv func(string) string) (dir string, ok bool) {
-	if t := getenv("LECTIC_TEMP"); t != "" {
-		dir = t + "/nix-sandbox/fast"
-	} else {
-		tmp := getenv("TMPDIR")
-		if tmp == "" {
-			tmp = "/tmp"
-		}
-		dir = tmp + "/lectic/nix-sandbox/fast"
-	}
-	return dir, strings.HasPrefix(dir, "/")
-}
+// Dir is where the tickets of the temp root T live: T/fast. fastpath.c
+// finds T itself, by statedir's rules and fallback order (temp_root).
+func Dir(tempRoot string) string { return filepath.Join(tempRoot, "fast") }
 
 // process is what a ticket's name covers besides the option words.
 type process struct {

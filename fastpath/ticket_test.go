@@ -81,25 +81,6 @@ func holds(c Check) bool {
 func u(v uint64) string { return strconv.FormatUint(v, 10) }
 func i(v int64) string  { return strconv.FormatInt(v, 10) }
 
-func TestDir(t *testing.T) {
-	tests := []struct {
-		env    map[string]string
-		want   string
-		wantOK bool
-	}{
-		{map[string]string{"LECTIC_TEMP": "/t/x/"}, "/t/x//nix-sandbox/fast", true},
-		{map[string]string{"TMPDIR": "/var/tmp"}, "/var/tmp/lectic/nix-sandbox/fast", true},
-		{map[string]string{}, "/tmp/lectic/nix-sandbox/fast", true},
-		{map[string]string{"LECTIC_TEMP": "rel"}, "rel/nix-sandbox/fast", false},
-	}
-	for _, tt := range tests {
-		got, ok := Dir(func(k string) string { return tt.env[k] })
-		if got != tt.want || ok != tt.wantOK {
-			t.Errorf("Dir(%v) = %q, %v; want %q, %v", tt.env, got, ok, tt.want, tt.wantOK)
-		}
-	}
-}
-
 func TestWriteRefuses(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "fast")
 	fresh := filepath.Join(t.TempDir(), "fresh")

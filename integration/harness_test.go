@@ -46,6 +46,9 @@ type testUser struct {
 var suite *world
 
 func TestMain(m *testing.M) {
+	if sock := os.Getenv(envListener); sock != "" {
+		os.Exit(listenerMain(sock))
+	}
 	code, err := runSuite(m)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "integration:", err)

@@ -266,6 +266,12 @@ func (a *agent) acceptLoop() {
 			a.finish(125)
 			return
 		}
+		// Only the agent's own user (the caller, uid 0 here) and root may
+		// talk to it; the temp root's modes already keep others out.
+		if checkPeer(fd, os.Getuid(), 0) != nil {
+			_ = unix.Close(fd)
+			continue
+		}
 		a.mu.Lock()
 		a.inflight++
 		a.mu.Unlock()

@@ -8,8 +8,11 @@
 //
 // # A call
 //
-// Run connects to T/warm/<key>/agent.sock (SOCK_SEQPACKET) and sends one
-// "run" message with its fds 0, 1 and 2 attached (SCM_RIGHTS): the
+// Run connects to T/warm/<key>/agent.sock (SOCK_SEQPACKET), checks that
+// the socket is served by its own uid (SO_PEERCRED; every dial does, so
+// nothing, not even a status request, reaches another user's listener),
+// and sends one "run" message with its fds 0, 1 and 2 attached
+// (SCM_RIGHTS): the
 // command writes straight to the caller's stdout. Messages are JSON, except
 // what is bytes, not text: a run message's cwd, argv, environment and
 // withheld names are its body (package execargs), NUL-terminated strings
@@ -77,7 +80,8 @@
 //
 // # The agent
 //
-// The agent accepts connections and starts each command with
+// The agent accepts connections from its own uid and root only, and starts
+// each command with
 // syscall.ForkExec in its own process group, with the request's cwd
 // (checked), environment, and argv[0] resolved with the request's PATH. One
 // reaper loop (waitid WNOWAIT, then wait4) collects every child, including

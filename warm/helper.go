@@ -310,6 +310,10 @@ func runHelper() int {
 	_ = unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0)
 	closeOnExecAll()
 	parent := conn{fd: helperFD}
+	if err := checkPeer(parent.fd, os.Getuid()); err != nil {
+		fmt.Fprintln(os.Stderr, "lectic-nix-sandbox helper:", err)
+		return 125
+	}
 	a := newAgent("", 0, false)
 	a.isHelper = true
 	if os.Getenv(envHelper) == helperDropCaps {

@@ -29,6 +29,8 @@ func TestMain(m *testing.M) {
 		os.Exit(RunSupervisor())
 	case os.Getenv(envTestClient) != "":
 		os.Exit(testClientMain())
+	case os.Getenv(envTestListener) != "":
+		os.Exit(testListenerMain(os.Getenv(envTestListener)))
 	}
 	os.Exit(m.Run())
 }

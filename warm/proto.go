@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -303,7 +304,32 @@ func dial(path string) (conn, error) {
 		_ = unix.Close(fd)
 		return conn{}, fmt.Errorf("connect to %s: %w", path, err)
 	}
+	if err := checkPeer(fd, os.Getuid()); err != nil {
+		_ = unix.Close(fd)
+		return conn{}, fmt.Errorf("refusing %s: %w; nothing was sent", path, err)
+	}
 	return conn{fd: fd}, nil
+}
+
+// ErrForeignPeer means the other end of a socket runs as another user.
+var ErrForeignPeer = errors.New("served by another user")
+
+// checkPeer makes sure the process at the other end of the unix socket fd
+// runs as one of uids: what it would receive (a request, the caller's
+// stdio, a command's connection) must never reach another user. The
+// credentials are those of whoever listened (or made the socketpair), as
+// the kernel recorded them.
+func checkPeer(fd int, uids ...int) error {
+	cred, err := unix.GetsockoptUcred(fd, unix.SOL_SOCKET, unix.SO_PEERCRED)
+	if err != nil {
+		return fmt.Errorf("read the peer's credentials: %w", err)
+	}
+	for _, uid := range uids {
+		if int(cred.Uid) == uid {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: uid %d (pid %d), not uid %d", ErrForeignPeer, cred.Uid, cred.Pid, uids[0])
 }
 
 // listen creates the agent's listening socket at path, replacing a stale

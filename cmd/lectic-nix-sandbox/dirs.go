@@ -5,15 +5,16 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
-	"golang.org/x/sys/unix"
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/statedir"
 )
 
 // roots are the three directories the sandbox keeps state in. Packages get
 // them as arguments; only this file reads the environment for them.
 type roots struct {
-	cache  string // $LECTIC_CACHE/nix-sandbox
-	temp   string // $LECTIC_TEMP/nix-sandbox
+	cache  string // $LECTIC_CACHE/nix-sandbox; its real path once checkCache ran
+	temp   string // $LECTIC_TEMP/nix-sandbox; the one in use once pickTemp ran
 	data   string // $LECTIC_DATA
 	config string // $LECTIC_CONFIG: only for telling where Lectic finds plugins
 }
@@ -74,34 +75,48 @@ func resolveRoots(getenv func(string) string) (roots, error) {
 	return r, nil
 }
 
-// checkTemp makes sure the temp root is this user's own before anything is
-// created in it or connected to under it. The default, $TMPDIR/lectic as
-// Lectic itself uses, is one path for every user of the machine: whoever
-// ran first owns it, and a dir another user controls must never hold our
-// sockets and locks.
-func checkTemp(temp string) error {
-	hint := "set LECTIC_TEMP to a directory of your own (for example export LECTIC_TEMP=$XDG_RUNTIME_DIR/lectic)"
-	if err := os.MkdirAll(temp, 0o700); err != nil {
-		return fmt.Errorf("cannot create the temp dir %s (%v); %s", temp, errors.Unwrap(err), hint)
-	}
-	var st unix.Stat_t
-	if err := unix.Lstat(temp, &st); err != nil {
-		return fmt.Errorf("temp dir %s: %w", temp, err)
-	}
+// pickTemp replaces r.temp, the temp root Lectic's variables name, with
+// the one to use: the first trusted one in statedir's fallback order, as
+// its real path. The default, $TMPDIR/lectic or /tmp/lectic, is one path
+// for every user of the machine and belongs to whoever made it first; a
+// dir someone else controls must never hold our sockets, locks and
+// tickets, and Lectic overrides LECTIC_TEMP, so the fallback needs no
+// setup. fastpath.c makes the same choice.
+func pickTemp(r *roots) error {
 	uid := os.Getuid()
-	switch {
-	case st.Mode&unix.S_IFMT != unix.S_IFDIR:
-		return fmt.Errorf("temp dir %s is not a directory; %s", temp, hint)
-	case int(st.Uid) != uid:
-		return fmt.Errorf("temp dir %s belongs to uid %d, not to you (uid %d); %s", temp, st.Uid, uid, hint)
-	case st.Mode&0o022 != 0:
-		return fmt.Errorf("temp dir %s is writable by other users; run chmod 700 %s, or %s", temp, temp, hint)
+	dir, err := statedir.PickTemp(statedir.TempCandidates(r.temp, r.cache, uid), uid)
+	if err != nil {
+		return fmt.Errorf("%w; %s", err, tempAdvice(r.cache))
 	}
-	// Anyone who may rename the parent's entries could swap the dir: a
-	// parent others can write needs the sticky bit, as /tmp has.
-	parent := filepath.Dir(temp)
-	if err := unix.Lstat(parent, &st); err == nil && st.Mode&0o022 != 0 && st.Mode&unix.S_ISVTX == 0 {
-		return fmt.Errorf("temp dir %s lies in %s, which other users may write to; %s", temp, parent, hint)
+	r.temp = dir
+	return nil
+}
+
+// tempAdvice says how to make the cache-based fallback usable, the one
+// that works for every kind of Lectic call (Lectic sets LECTIC_TEMP for
+// exec tools and passes MCP servers no TMPDIR at all).
+func tempAdvice(cache string) string {
+	fallback := filepath.Join(cache, "temp")
+	var ue *statedir.UnsafeError
+	if err := statedir.Inspect(fallback, os.Getuid()); errors.As(err, &ue) {
+		switch {
+		case strings.Contains(ue.Reason, "writable by other users"):
+			return fmt.Sprintf("run chmod go-w %s, and the sandbox keeps warm containers in %s", ue.Dir, fallback)
+		case strings.Contains(ue.Reason, "belongs to uid"):
+			return fmt.Sprintf("%s %s: have it fixed, and the sandbox keeps warm containers in %s", ue.Dir, ue.Reason, fallback)
+		}
 	}
+	return fmt.Sprintf("make %s a directory only you can write, with a path shorter than %d bytes (set XDG_CACHE_HOME for Lectic)", fallback, statedir.MaxTempRoot)
+}
+
+// checkCache makes the cache root and replaces r.cache with its real path,
+// refusing a cache another user could change: images, homes and the agent
+// binary live there.
+func checkCache(r *roots) error {
+	dir, err := statedir.Make(r.cache, os.Getuid())
+	if err != nil {
+		return fmt.Errorf("cache dir %s cannot be trusted: %v; make it and every directory above it writable only by you (chmod go-w), or set LECTIC_CACHE", r.cache, err)
+	}
+	r.cache = dir
 	return nil
 }

@@ -28,11 +28,10 @@ type fastCall struct {
 // the call resolves makes the ticket fail its checks, never pass them
 // wrongly. nil means the call gets no ticket.
 func fastCallFor(args []string, o options, r roots, stderr io.Writer) *fastCall {
-	dir, ok := fastpath.Dir(os.Getenv)
-	if !ok || !o.keepWarm || o.refresh || len(o.command) == 0 {
+	if !o.keepWarm || o.refresh || len(o.command) == 0 {
 		return nil
 	}
-	fc := &fastCall{dir: dir, inv: fastpath.Invocation{Options: args[:o.optWords], Terminated: o.terminated}}
+	fc := &fastCall{dir: fastpath.Dir(r.temp), inv: fastpath.Invocation{Options: args[:o.optWords], Terminated: o.terminated}}
 	// The mounts: what the paths the user gave resolve to.
 	for _, p := range mountPaths(o) {
 		abs, err := filepath.Abs(p)

@@ -72,8 +72,14 @@ func dispatch(args []string, stdout, stderr io.Writer) (int, error) {
 		return 0, err
 	}
 	switch o.action {
+	case "", "gc", "load":
+		if err := checkCache(&r); err != nil {
+			return 0, err
+		}
+	}
+	switch o.action {
 	case "", "list", "stop", "prune", "gc":
-		if err := checkTemp(r.temp); err != nil {
+		if err := pickTemp(&r); err != nil {
 			return 0, err
 		}
 	}

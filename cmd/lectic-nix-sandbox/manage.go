@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/fastpath"
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/statedir"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/namespace"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/nixload"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/plugin"
@@ -25,7 +26,7 @@ func manage(ctx context.Context, o options, r roots, stdout, stderr io.Writer) e
 	case "stop", "prune", "gc":
 		// Tickets of containers that are gone would only cost a failed
 		// connect, but nothing else removes them.
-		defer pruneTickets()
+		defer pruneTickets(r.temp)
 	}
 	switch o.action {
 	case "doctor":
@@ -50,10 +51,8 @@ func manage(ctx context.Context, o options, r roots, stdout, stderr io.Writer) e
 	return fmt.Errorf("internal: unhandled action %q", o.action)
 }
 
-func pruneTickets() {
-	if dir, ok := fastpath.Dir(os.Getenv); ok {
-		_, _ = fastpath.Prune(dir)
-	}
+func pruneTickets(temp string) {
+	_, _ = fastpath.Prune(fastpath.Dir(temp))
 }
 
 // load loads an image file (recording it, so that the next --image of the
@@ -148,7 +147,7 @@ func install(dir string, r roots, stdout io.Writer) error {
 }
 
 func doctor(ctx context.Context, r roots, stdout io.Writer) error {
-	checks := namespace.Doctor(ctx, r.temp, r.cache)
+	checks := append(trustChecks(&r), namespace.Doctor(ctx, r.temp, r.cache)...)
 	checks = append(checks, imageCheck(r), orphanCheck())
 	failed := false
 	for _, c := range checks {
@@ -168,6 +167,40 @@ func doctor(ctx context.Context, r roots, stdout io.Writer) error {
 		return fmt.Errorf("doctor: this machine cannot create a sandbox yet; apply the fixes above")
 	}
 	return nil
+}
+
+// trustChecks reports whether the cache and temp roots can be trusted
+// (see statedir), and which temp root the fallback order chose; r gets
+// the roots a call would use.
+func trustChecks(r *roots) []namespace.Check {
+	var checks []namespace.Check
+	if err := checkCache(r); err != nil {
+		checks = append(checks, namespace.Check{Name: "trusted cache directory", Required: true, Detail: err.Error()})
+	} else {
+		checks = append(checks, namespace.Check{Name: "trusted cache directory", Required: true, OK: true,
+			Detail: r.cache + " and every directory above it are writable only by you or root"})
+	}
+	given := r.temp
+	switch err := pickTemp(r); {
+	case err != nil:
+		checks = append(checks, namespace.Check{Name: "trusted temp directory", Required: true, Detail: err.Error()})
+	case !sameDir(r.temp, given):
+		why := "it cannot be used"
+		if err := statedir.Inspect(given, os.Getuid()); err != nil {
+			why = err.Error()
+		}
+		checks = append(checks, namespace.Check{Name: "trusted temp directory", Required: true, OK: true,
+			Detail: fmt.Sprintf("%s, falling back from %s: %s", r.temp, given, why)})
+	default:
+		checks = append(checks, namespace.Check{Name: "trusted temp directory", Required: true, OK: true, Detail: r.temp})
+	}
+	return checks
+}
+
+func sameDir(a, b string) bool {
+	sa, err1 := os.Stat(a)
+	sb, err2 := os.Stat(b)
+	return err1 == nil && err2 == nil && os.SameFile(sa, sb)
 }
 
 func versionString() string {

@@ -1,0 +1,355 @@
+package integration
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/testenv"
+)
+
+// attacker is the uid of the other local user in these tests: no test
+// user has it.
+const attacker = 12345
+
+// envListener makes the test binary a unix socket listener at the path in
+// its value, as another local user would run one to catch our calls.
+const envListener = "_IT_LISTENER"
+
+// listenerMain says "ready", then for each connection what it received.
+func listenerMain(path string) int {
+	lfd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err == nil {
+		err = unix.Bind(lfd, &unix.SockaddrUnix{Name: path})
+	}
+	if err == nil {
+		err = unix.Listen(lfd, 16)
+	}
+	if err == nil {
+		// Anyone may connect, as an attacker would want.
+		err = os.Chmod(path, 0o777)
+	}
+	if err != nil {
+		fmt.Println("listen:", err)
+		return 1
+	}
+	fmt.Println("ready")
+	for {
+		fd, _, err := unix.Accept4(lfd, unix.SOCK_CLOEXEC)
+		if err != nil {
+			return 1
+		}
+		tv := unix.NsecToTimeval(int64(2 * time.Second))
+		unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+		buf := make([]byte, 1<<20)
+		oob := make([]byte, unix.CmsgSpace(4*4))
+		n, oobn, _, _, err := unix.Recvmsg(fd, buf, oob, 0)
+		if err == nil && (n > 0 || oobn > 0) {
+			fmt.Printf("received %d bytes and %d bytes of fds\n", n, oobn)
+		} else {
+			fmt.Println("received nothing")
+		}
+		unix.Close(fd)
+	}
+}
+
+// foreignListener runs a listener as the attacker uid and returns its
+// socket (made in a dir of the attacker's) and its report lines.
+func foreignListener(t *testing.T) (sock string, lines *bufio.Scanner) {
+	t.Helper()
+	dir, err := os.MkdirTemp(suite.root, "attacker")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "listener")
+	if err := testenv.CopyFile(bin, os.Args[0], 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(dir, 0o755)
+	sockDir := filepath.Join(dir, "s")
+	os.Mkdir(sockDir, 0o755)
+	os.Chown(sockDir, attacker, attacker)
+	sock = filepath.Join(sockDir, "agent.sock")
+	cmd := exec.Command(bin)
+	cmd.Env = []string{envListener + "=" + sock}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: attacker, Gid: attacker}, Pdeathsig: syscall.SIGKILL}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	lines = bufio.NewScanner(out)
+	if !lines.Scan() || lines.Text() != "ready" {
+		t.Fatalf("listener: %q", lines.Text())
+	}
+	return sock, lines
+}
+
+// TestPeerCredentialMismatch: another user who wins a race for the agent's
+// socket path (the swap the temp root's ancestor check now prevents, or
+// any other way a socket of theirs gets there) receives nothing: neither
+// the Go client nor the fast path sends a request or the caller's stdio
+// to a socket served by another uid, and the call fails with one line.
+func TestPeerCredentialMismatch(t *testing.T) {
+	forEachUser(t, func(t *testing.T, u *testUser) {
+		if os.Geteuid() != 0 {
+			testenv.Missing(t, "only root can run a listener as another user")
+		}
+		wd := u.workdir(t)
+		img := privateImage(t, u)
+		settle(t, img)
+		call := func(env []string) result {
+			return u.run(context.Background(), t, runOpts{dir: wd, env: env}, "--image", img, "-d", wd, "echo", "forged?")
+		}
+		wantOK(t, call(nil))
+		wantOK(t, call(require))
+		ws := u.warmFor(t, wd)
+		if len(ws) != 1 {
+			t.Fatalf("want one container, got %+v", ws)
+		}
+		real := filepath.Join(u.temp, "nix-sandbox", "warm", ws[0].Key, "agent.sock")
+		aside := real + ".real"
+		if err := os.Rename(real, aside); err != nil {
+			t.Fatal(err)
+		}
+		defer os.Rename(aside, real)
+		sock, lines := foreignListener(t)
+		if err := os.Rename(sock, real); err != nil {
+			t.Fatal(err)
+		}
+		defer os.Remove(real)
+		for _, env := range [][]string{require, nil, slow} {
+			r := call(env)
+			if env == nil || env[0] == slow[0] {
+				wantSandboxError(t, r, fmt.Sprintf("served by another user: uid %d", attacker))
+			} else {
+				wantSandboxError(t, r, "the fast path was not taken: the agent socket is served by another user")
+			}
+			if !lines.Scan() || lines.Text() != "received nothing" {
+				t.Fatalf("%v: the other user's listener got: %q", env, lines.Text())
+			}
+		}
+		// Management commands do not talk to it either.
+		wantOK(t, u.run(context.Background(), t, runOpts{}, "--list"))
+		if !lines.Scan() || lines.Text() != "received nothing" {
+			t.Fatalf("--list: the other user's listener got: %q", lines.Text())
+		}
+	})
+}
+
+// TestForeignTempDirFallsBack: the temp root Lectic gives lies in a
+// directory another user owns (a sticky one, as /tmp/lectic made 1777 by
+// whoever came first). The call does not use it, and goes on without a
+// word in the caller's own fallback, where the fast path finds it too.
+func TestForeignTempDirFallsBack(t *testing.T) {
+	forEachUser(t, func(t *testing.T, u *testUser) {
+		if os.Geteuid() != 0 {
+			testenv.Missing(t, "only root can make a temp dir that another user owns")
+		}
+		wd := u.workdir(t)
+		img := privateImage(t, u)
+		settle(t, img)
+		for _, mode := range []os.FileMode{0o777 | os.ModeSticky, 0o755} {
+			shared := filepath.Join(suite.root, fmt.Sprintf("shared-%s-%o", u.name, mode.Perm()))
+			if err := os.Mkdir(shared, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			os.Chmod(shared, mode)
+			os.Chown(shared, attacker, attacker)
+			env := []string{"LECTIC_TEMP=" + shared}
+			args := []string{"--image", img, "-d", wd, "sh", "-c", "echo ok"}
+			r := u.run(context.Background(), t, runOpts{dir: wd, env: env}, args...)
+			if r.code != 0 || r.stdout != "ok\n" || r.stderr != "" {
+				t.Fatalf("a call with a foreign temp root: %v", r)
+			}
+			r = u.run(context.Background(), t, runOpts{dir: wd, env: append(env, require...)}, args...)
+			if r.code != 0 || r.stdout != "ok\n" {
+				t.Fatalf("the fast path with a foreign temp root: %v", r)
+			}
+			r = u.run(context.Background(), t, runOpts{dir: wd, env: env}, "--list", "--json")
+			if r.code != 0 || !strings.Contains(r.stdout, wd) {
+				t.Fatalf("--list with a foreign temp root: %v", r)
+			}
+			if ents, _ := os.ReadDir(shared); len(ents) != 0 {
+				t.Fatalf("the other user's dir gained %d entries", len(ents))
+			}
+			// The fallback is the cache's (the suite's users have no
+			// /run/user dir), where the warm dir is now.
+			fallback := filepath.Join(u.cache, "nix-sandbox", "temp", "warm")
+			if ents, err := os.ReadDir(fallback); err != nil || len(ents) == 0 {
+				t.Fatalf("no warm container in the fallback %s: %v", fallback, err)
+			}
+			wantOK(t, u.run(context.Background(), t, runOpts{dir: wd, env: env}, "--stop", "all"))
+		}
+	})
+}
+
+// bareMCPEnv is what Lectic gives an MCP server's command: nothing else.
+func (u *testUser) bareMCPEnv(home string) []string {
+	return []string{"HOME=" + home, "LOGNAME=" + u.loginName(), "PATH=/usr/local/bin:/usr/bin:/bin",
+		"SHELL=/bin/sh", "TERM=xterm", "USER=" + u.loginName()}
+}
+
+// bareExecEnv is what Lectic gives an exec tool's command: the user's own
+// environment, and its own variables, LECTIC_TEMP forced to
+// $TMPDIR/lectic (TMPDIR unset: /tmp/lectic).
+func (u *testUser) bareExecEnv(home, wd string) []string {
+	return append(u.bareMCPEnv(home),
+		"LANG=C.UTF-8",
+		"LECTIC_CONFIG="+home+"/.config/lectic",
+		"LECTIC_DATA="+home+"/.local/share/lectic",
+		"LECTIC_CACHE="+home+"/.cache/lectic",
+		"LECTIC_STATE="+home+"/.local/state/lectic",
+		"LECTIC_TEMP=/tmp/lectic",
+		"LECTIC_FILE="+wd+"/chat.lec",
+		"LECTIC_INTERLOCUTOR=Assistant")
+}
+
+// fakeTmp is a private /tmp for calls run through inFakeTmp: it holds a
+// /tmp/lectic that another user made (mode 1777) and the suite's own
+// files at their usual path. run is what /run/user looks like there.
+type fakeTmp struct {
+	tmp, run string
+}
+
+func newFakeTmp(t *testing.T, u *testUser, runtimeDir bool) *fakeTmp {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		testenv.Missing(t, "only root can give a call a private /tmp")
+	}
+	requireTool(t, "unshare")
+	requireTool(t, "setpriv")
+	base, err := os.MkdirTemp(suite.root, "faketmp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fakeTmp{tmp: filepath.Join(base, "tmp"), run: filepath.Join(base, "run")}
+	for _, d := range []string{f.tmp, f.run, filepath.Join(f.tmp, filepath.Base(suite.root))} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.Chmod(base, 0o755)
+	os.Chmod(f.tmp, 0o777|os.ModeSticky)
+	lectic := filepath.Join(f.tmp, "lectic")
+	os.Mkdir(lectic, 0o777)
+	os.Chmod(lectic, 0o777|os.ModeSticky)
+	os.Chown(lectic, attacker, attacker)
+	if runtimeDir {
+		d := filepath.Join(f.run, strconv.Itoa(u.uid))
+		os.Mkdir(d, 0o700)
+		os.Chown(d, u.uid, u.gid)
+	}
+	home := filepath.Join(f.tmp, "h"+strconv.Itoa(u.uid))
+	os.Mkdir(home, 0o755)
+	os.Chown(home, u.uid, u.gid)
+	return f
+}
+
+// home is the user's $HOME inside the fake /tmp: short, so the cache's
+// fallback fits socket paths.
+func (f *fakeTmp) home(u *testUser) string { return "/tmp/h" + strconv.Itoa(u.uid) }
+
+// run runs the binary as u in a mount namespace where /tmp and /run/user
+// are the fake ones, with exactly env.
+func (f *fakeTmp) call(t *testing.T, u *testUser, dir string, env []string, args ...string) result {
+	t.Helper()
+	script := `set -e
+mount --bind "$1" "$2/$(basename "$3")"
+mount --rbind "$2" /tmp
+mount --bind "$4" /run/user
+cd "$5"
+shift 5
+exec "$@"`
+	argv := []string{"--mount", "--propagation", "private", "sh", "-c", script, "sh",
+		suite.root, f.tmp, suite.root, f.run, dir,
+		"setpriv", "--reuid=" + strconv.Itoa(u.uid), "--regid=" + strconv.Itoa(u.gid), "--clear-groups",
+		"env", "-i"}
+	argv = append(append(argv, env...), suite.bin)
+	argv = append(argv, args...)
+	cmd := exec.Command("unshare", argv...)
+	cmd.Dir = dir
+	var out, errb strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	cmd.WaitDelay = 5 * time.Second
+	err := cmd.Run()
+	r := result{stdout: out.String(), stderr: errb.String()}
+	if ee, ok := err.(*exec.ExitError); ok {
+		r.code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("unshare: %v", err)
+	}
+	return r
+}
+
+// TestMCPAndExecShareAContainer: /tmp/lectic belongs to another user.
+// An exec tool (LECTIC_TEMP=/tmp/lectic forced by Lectic) and an MCP
+// server (HOME LOGNAME PATH SHELL TERM USER, nothing else) of the same
+// user and workdir both fall back, without a word, to the same per-user
+// dir and reach the same warm container, on the Go path and on the fast
+// path; nothing lands in the other user's dir.
+func TestMCPAndExecShareAContainer(t *testing.T) {
+	for _, runtimeDir := range []bool{true, false} {
+		t.Run(fmt.Sprintf("runtime dir %v", runtimeDir), func(t *testing.T) {
+			forEachUser(t, func(t *testing.T, u *testUser) {
+				f := newFakeTmp(t, u, runtimeDir)
+				home := f.home(u)
+				wd := u.workdir(t)
+				img := privateImage(t, u)
+				settle(t, img)
+				exec, mcp := u.bareExecEnv(home, wd), u.bareMCPEnv(home)
+				args := func(cmd string) []string { return []string{"--image", img, "sh", "-c", cmd} }
+				token := strconv.FormatInt(time.Now().UnixNano(), 10)
+				r := f.call(t, u, wd, exec, args("echo "+token+" > /tmp/token; echo written")...)
+				if r.code != 0 || r.stdout != "written\n" || r.stderr != "" {
+					t.Fatalf("exec tool: %v", r)
+				}
+				for _, env := range [][]string{mcp, exec, append(mcp, require...), append(exec, require...)} {
+					r := f.call(t, u, wd, env, args("cat /tmp/token")...)
+					if r.code != 0 || r.stdout != token+"\n" {
+						t.Fatalf("%v: not the same container: %v", env, r)
+					}
+				}
+				var keys []string
+				for _, env := range [][]string{exec, mcp} {
+					r := f.call(t, u, wd, env, "--list", "--json")
+					var ws []warmInfo
+					if r.code != 0 || json.Unmarshal([]byte(r.stdout), &ws) != nil || len(ws) != 1 {
+						t.Fatalf("--list: %v", r)
+					}
+					keys = append(keys, ws[0].Key)
+				}
+				if keys[0] != keys[1] {
+					t.Fatalf("exec tools and MCP servers list different containers: %v", keys)
+				}
+				want := filepath.Join(f.tmp, "h"+strconv.Itoa(u.uid), ".cache", "lectic", "nix-sandbox", "temp")
+				if runtimeDir {
+					want = filepath.Join(f.run, strconv.Itoa(u.uid), "lectic", "nix-sandbox")
+				}
+				if _, err := os.Stat(filepath.Join(want, "warm", keys[0])); err != nil {
+					t.Fatalf("the container is not in the fallback %s: %v", want, err)
+				}
+				if ents, _ := os.ReadDir(filepath.Join(f.tmp, "lectic")); len(ents) != 0 {
+					t.Fatalf("the other user's /tmp/lectic gained %d entries", len(ents))
+				}
+				if r := f.call(t, u, wd, mcp, "--stop", "all"); r.code != 0 {
+					t.Fatalf("--stop all: %v", r)
+				}
+			})
+		})
+	}
+}
