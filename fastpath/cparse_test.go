@@ -35,7 +35,7 @@ func TestCLimits(t *testing.T) {
 		}
 	}
 	p := oci.Policy()
-	for _, list := range [][]string{p.HostOnly, p.HostOnlyPrefixes, p.InternalPrefixes, p.SecretSuffixes, p.SecretWords, p.SecretPrefixes} {
+	for _, list := range [][]string{p.HostOnly, p.HostOnlyPrefixes, p.InternalPrefixes, p.SecretParts, p.SecretWords, p.SecretPrefixes} {
 		if len(list) > l.maxPolicy {
 			t.Errorf("a policy list of %d entries is past fastpath.c's MAX_POLICY %d", len(list), l.maxPolicy)
 		}

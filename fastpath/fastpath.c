@@ -642,7 +642,7 @@ static int list_add(struct list *l, const char *s)
 struct recipe {
 	struct list pre, keep, set, post;
 	struct list hostonly, hostonly_prefix, internal_prefix;
-	struct list secret_suffix, secret_word, secret_prefix;
+	struct list secret_part, secret_word, secret_prefix, url_credentials;
 };
 
 /* A file the ticket depends on, with the state it must still have. */
@@ -668,7 +668,8 @@ static void ticket_free(struct ticket *t)
 {
 	struct list *ls[] = {&t->env.pre, &t->env.keep, &t->env.set, &t->env.post,
 			     &t->env.hostonly, &t->env.hostonly_prefix, &t->env.internal_prefix,
-			     &t->env.secret_suffix, &t->env.secret_word, &t->env.secret_prefix, &t->warns};
+			     &t->env.secret_part, &t->env.secret_word, &t->env.secret_prefix,
+			     &t->env.url_credentials, &t->warns};
 	size_t i;
 	for (i = 0; i < sizeof ls / sizeof ls[0]; i++)
 		free(ls[i]->v);
@@ -690,9 +691,10 @@ static struct list *recipe_list(struct recipe *r, const char *tag)
 		{"pol_hostonly", offsetof(struct recipe, hostonly)},
 		{"pol_hostonly_prefix", offsetof(struct recipe, hostonly_prefix)},
 		{"pol_internal_prefix", offsetof(struct recipe, internal_prefix)},
-		{"pol_secret_suffix", offsetof(struct recipe, secret_suffix)},
+		{"pol_secret_part", offsetof(struct recipe, secret_part)},
 		{"pol_secret_word", offsetof(struct recipe, secret_word)},
 		{"pol_secret_prefix", offsetof(struct recipe, secret_prefix)},
+		{"pol_url_credentials", offsetof(struct recipe, url_credentials)},
 	};
 	size_t i;
 	for (i = 0; i < sizeof tags / sizeof tags[0]; i++)
@@ -1087,15 +1089,44 @@ static int is_blocked(const struct recipe *r, const char *name, size_t n, struct
 	up = scratch->p;
 	for (i = 1; i < ulen; i++)
 		up[i] = toupper((unsigned char)up[i]);
-	for (j = 0; j < r->secret_suffix.n && !hit; j++) {
-		size_t sl = strlen(r->secret_suffix.v[j]);
-		hit = sl <= ulen && !memcmp(up + ulen - sl, r->secret_suffix.v[j], sl);
+	/* the parts of "_"+NAME split on '_' */
+	for (i = 0; i < ulen && !hit;) {
+		size_t end = i, pl;
+		while (end < ulen && up[end] != '_')
+			end++;
+		pl = end - i;
+		for (j = 0; pl > 0 && j < r->secret_part.n && !hit; j++)
+			hit = strlen(r->secret_part.v[j]) == pl && !memcmp(up + i, r->secret_part.v[j], pl);
+		i = end + 1;
 	}
 	for (j = 0; j < r->secret_word.n && !hit; j++)
 		hit = strstr(up, r->secret_word.v[j]) != NULL;
 	if (!hit)
 		hit = any_upper_prefix(up, ulen, &r->secret_prefix);
 	return hit ? 2 : 0;
+}
+
+static int is_scheme_byte(char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+	       c == '+' || c == '-' || c == '.';
+}
+
+/* has_url_credentials is oci.HasURLCredentials: scheme://USER:PASSWORD@. */
+static int has_url_credentials(const char *s)
+{
+	const char *p = s, *at;
+
+	while ((at = strstr(p, "://"))) {
+		if (at > s && is_scheme_byte(at[-1])) {
+			const char *auth = at + 3;
+			size_t end = strcspn(auth, "/?#@ \t\n");
+			if (auth[end] == '@' && memchr(auth, ':', end))
+				return 1;
+		}
+		p = at + 3;
+	}
+	return 0;
 }
 
 /* index_names indexes a list of NAME or NAME=VALUE entries by name; the
@@ -1148,6 +1179,9 @@ static const char *build_env(struct call *c, const struct recipe *r, struct envm
 		}
 		if (names_get(&keep, kv, n) < 0) {
 			int b = is_blocked(r, kv, n, &scratch);
+			/* a value with credentials is withheld like a secret name */
+			if (b == 0 && r->url_credentials.n > 0 && kv[n] && has_url_credentials(kv + n + 1))
+				b = 2;
 			if (b < 0 || (b == 2 && list_add(withheld, kv))) {
 				why = "out of memory";
 				goto out;

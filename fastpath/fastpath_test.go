@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -265,11 +266,15 @@ func TestFastPath(t *testing.T) {
 		{name: "after --", opts: []string{"--image", "/img.tar", "--"}, term: true, argv: []string{"-weird", "x"}, reply: exitWith(5, 0), wantCode: 5},
 		{name: "bytes as they are", argv: []string{"printf", "a\"b\\c\nd\te\x01", "ünï", "\xff\xfe", "caf\xe9", "\xc3\x28", ""},
 			env: []string{"LATIN=caf\xe9 na\xefve", "BIN=\x01\x7f\xff"}, reply: exitWith(0, 0), wantEnv: map[string]bool{"LATIN": true, "BIN": true}},
-		{name: "environment policy", argv: []string{"env"}, named: []string{"KEEP_TOKEN", "SET_ME=1", "SET_ME=2", "_LECTIC_NIX_SANDBOX_X=no"},
-			env:   []string{"PER_CALL=42", "GH_TOKEN=secret", "MY_PASSWORD=x", "KEEP_TOKEN=kept", "SET_ME=host", "XDG_RUNTIME_DIR=/run", "aws_access=1", "_libcontainer_foo=1"},
+		{name: "environment policy", argv: []string{"env"}, named: []string{"KEEP_TOKEN", "SET_ME=1", "SET_ME=2", "_LECTIC_NIX_SANDBOX_X=no", "KEEP_URL"},
+			env: append([]string{"PER_CALL=42", "GH_TOKEN=secret", "MY_PASSWORD=x", "KEEP_TOKEN=kept", "SET_ME=host", "XDG_RUNTIME_DIR=/run", "aws_access=1", "_libcontainer_foo=1",
+				"DATABASE_URL=postgres://u:pw@db/x", "PROXY=a http://:pw@p:3128 b", "KEEP_URL=https://u:p@h", "HOMEPAGE=https://example.com/a:b@c",
+				"TOKENIZERS_PARALLELISM=false", "LECTIC_INTERLOCUTOR=Assistant", "LECTIC_FILE=/w/chat.lec"}, secretEnv()...),
 			reply: exitWith(0, 0),
-			wantEnv: map[string]bool{"PER_CALL": true, "GH_TOKEN": false, "MY_PASSWORD": false, "KEEP_TOKEN": true, "SET_ME": true,
-				"XDG_RUNTIME_DIR": false, "_libcontainer_foo": false, "aws_access": false, "_LECTIC_NIX_SANDBOX_X": false, "HOME": true}},
+			wantEnv: withSecrets(map[string]bool{"PER_CALL": true, "GH_TOKEN": false, "MY_PASSWORD": false, "KEEP_TOKEN": true, "SET_ME": true,
+				"XDG_RUNTIME_DIR": false, "_libcontainer_foo": false, "aws_access": false, "_LECTIC_NIX_SANDBOX_X": false, "HOME": true,
+				"DATABASE_URL": false, "PROXY": false, "KEEP_URL": true, "HOMEPAGE": true, "TOKENIZERS_PARALLELISM": true,
+				"LECTIC_INTERLOCUTOR": true, "LECTIC_FILE": true})},
 		{name: "allow-list proxy variables win over the host's", argv: []string{"env"}, post: proxyEnv(t),
 			env:     []string{"HTTP_PROXY=http://corp:8080", "no_proxy=localhost,.corp", "ALL_PROXY=socks5://x:1"},
 			reply:   exitWith(0, 0),
@@ -553,6 +558,35 @@ func checkRequest(t *testing.T, req map[string]any, tc fastCase, recipe oci.EnvR
 			t.Errorf("%s in the command's env: %v, want %v", name, found, present)
 		}
 	}
+}
+
+// secretNames are the variables of common tools that carry credentials or
+// host paths: the policy withholds each unless named.
+var secretNames = []string{
+	"OPENAI_KEY", "GEMINI_KEY", "STRIPE_KEY", "SIGNING_KEY", "ENCRYPTION_KEY", "ACCESS_KEY",
+	"GH_PAT", "GITHUB_PAT", "MYSQL_PWD", "NPM_CONFIG__AUTH", "DOCKER_AUTH_CONFIG", "CI_JOB_JWT",
+	"SLACK_WEBHOOK_URL", "SENTRY_DSN", "KRB5CCNAME", "COOKIE",
+	"LECTIC_CACHE", "LECTIC_TEMP", "LECTIC_DATA", "LECTIC_CONFIG", "LECTIC_RUNTIME",
+}
+
+// secretEnv sets each of secretNames for one call, but for the variables
+// a ticket's name covers (changing them is another invocation; the test
+// sets LECTIC_TEMP for every call).
+func secretEnv() []string {
+	var env []string
+	for _, n := range secretNames {
+		if !slices.Contains(configEnv, n) {
+			env = append(env, n+"=x")
+		}
+	}
+	return env
+}
+
+func withSecrets(want map[string]bool) map[string]bool {
+	for _, n := range secretNames {
+		want[n] = false
+	}
+	return want
 }
 
 // goTempRoot is the temp root the Go client picks (cmd's pickTemp),

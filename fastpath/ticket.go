@@ -281,9 +281,12 @@ func recipeRecords(r oci.EnvRecipe) []string {
 	add("pol_hostonly", pol.HostOnly)
 	add("pol_hostonly_prefix", pol.HostOnlyPrefixes)
 	add("pol_internal_prefix", pol.InternalPrefixes)
-	add("pol_secret_suffix", pol.SecretSuffixes)
+	add("pol_secret_part", pol.SecretParts)
 	add("pol_secret_word", pol.SecretWords)
 	add("pol_secret_prefix", pol.SecretPrefixes)
+	if pol.URLCredentials {
+		add("pol_url_credentials", []string{"1"})
+	}
 	return recs
 }
 

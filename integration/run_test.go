@@ -179,6 +179,52 @@ func TestEnvironmentPolicy(t *testing.T) {
 	})
 }
 
+// TestSecretsWithheld: the variables of common tools that carry
+// credentials, values that are URLs with credentials, and the host paths
+// of Lectic's directories never reach the command, on the Go path and on
+// the fast path; Lectic's other variables do.
+func TestSecretsWithheld(t *testing.T) {
+	forEachUser(t, func(t *testing.T, u *testUser) {
+		wd := u.workdir(t)
+		img := privateImage(t, u)
+		settle(t, img)
+		secrets := []string{"OPENAI_KEY", "GEMINI_KEY", "STRIPE_KEY", "SIGNING_KEY", "ENCRYPTION_KEY", "ACCESS_KEY",
+			"GH_PAT", "GITHUB_PAT", "MYSQL_PWD", "NPM_CONFIG__AUTH", "DOCKER_AUTH_CONFIG", "CI_JOB_JWT",
+			"SLACK_WEBHOOK_URL", "SENTRY_DSN", "KRB5CCNAME", "COOKIE", "LECTIC_CONFIG", "LECTIC_RUNTIME", "LECTIC_STATE"}
+		var env []string
+		for _, k := range secrets {
+			env = append(env, k+"=leaked-"+k)
+		}
+		env = append(env, "DATABASE_URL=postgres://app:leaked@db/app", "HTTPS_PROXY=http://u:leaked@proxy:3128",
+			"LECTIC_INTERLOCUTOR=Assistant", "LECTIC_FILE="+wd+"/chat.lec", "TOKENIZERS_PARALLELISM=false",
+			"HOMEPAGE=https://example.com/")
+		// The variables the tests always set: LECTIC_CACHE, LECTIC_TEMP, LECTIC_DATA.
+		for _, mode := range [][]string{nil, require} {
+			r := u.run(context.Background(), t, runOpts{dir: wd, env: append(append([]string(nil), env...), mode...)},
+				"--image", img, "-d", wd, "env")
+			wantOK(t, r)
+			if strings.Contains(r.stdout, "leaked") {
+				t.Errorf("%v: a secret reached the command:\n%s", mode, r.stdout)
+			}
+			for _, k := range []string{"LECTIC_CACHE", "LECTIC_TEMP", "LECTIC_DATA", "DATABASE_URL", "HTTPS_PROXY"} {
+				if strings.Contains(r.stdout, "\n"+k+"=") || strings.HasPrefix(r.stdout, k+"=") {
+					t.Errorf("%v: %s reached the command", mode, k)
+				}
+			}
+			for _, kv := range []string{"LECTIC_INTERLOCUTOR=Assistant", "LECTIC_FILE=" + wd + "/chat.lec", "TOKENIZERS_PARALLELISM=false", "HOMEPAGE=https://example.com/"} {
+				if !strings.Contains(r.stdout, kv+"\n") {
+					t.Errorf("%v: %s did not reach the command", mode, kv)
+				}
+			}
+		}
+		// Named, a withheld variable passes.
+		r := u.run(context.Background(), t, runOpts{dir: wd, env: env}, "--image", img, "-d", wd, "--env", "GH_PAT", "--env", "DATABASE_URL", "env")
+		if !strings.Contains(r.stdout, "GH_PAT=leaked-GH_PAT\n") || !strings.Contains(r.stdout, "DATABASE_URL=postgres://app:leaked@db/app\n") {
+			t.Errorf("named variables were withheld: %v", r)
+		}
+	})
+}
+
 func TestIsolation(t *testing.T) {
 	forEachUser(t, func(t *testing.T, u *testUser) {
 		wd := u.workdir(t)

@@ -2,45 +2,62 @@ package oci
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 )
 
 // EnvPolicy is the environment policy as data, so the fast path (C, in
 // package fastpath) applies the very rules this package does. Matching is
-// on the name upper-cased; Secret* match "_"+NAME upper-cased, so a name's
-// start counts as a word boundary: TOKEN matches like GH_TOKEN.
+// on the name upper-cased.
 type EnvPolicy struct {
 	// HostOnly describe the host session and mean nothing (or something
-	// wrong) inside the container: exact names, and prefixes (all XDG_*
-	// base and session dirs).
+	// wrong) inside the container, or name host paths of the sandbox's own
+	// and Lectic's: exact names, and prefixes (all XDG_* base and session
+	// dirs).
 	HostOnly         []string
 	HostOnlyPrefixes []string
 	// InternalPrefixes are the sandbox's and libcontainer's own hand-off
 	// variables. They are never passed, even when named: inside, they
 	// would make our binary act as an init or agent.
 	InternalPrefixes []string
-	// The words that are never innocent match anywhere in a name
-	// (PGPASSWORD, MYSECRET): dropping an innocent variable costs an
-	// --env, leaking a secret cannot be undone.
-	SecretSuffixes []string
+	// SecretParts match a whole part of the name split on "_" (GH_PAT,
+	// SENTRY_DSN, NPM_CONFIG__AUTH), so TOKENIZERS_PARALLELISM passes.
+	SecretParts []string
+	// SecretWords match anywhere in "_"+NAME (PGPASSWORD, MYSECRET), and
+	// SecretPrefixes at its start (_AWS_ for AWS_*): the words that are
+	// never innocent. Dropping an innocent variable costs an --env,
+	// leaking a secret cannot be undone.
 	SecretWords    []string
 	SecretPrefixes []string
+	// URLCredentials withholds any variable whose value holds a URL with
+	// credentials (scheme://user:password@), whatever its name
+	// (DATABASE_URL, REDIS_URL, a proxy with a password).
+	URLCredentials bool
 }
 
 // Policy returns the environment policy.
 func Policy() EnvPolicy {
 	return EnvPolicy{
 		HostOnly: []string{"PATH", "HOME", "USER", "LOGNAME", "SHELL", "HOSTNAME", "TMPDIR", "TMP", "TEMP",
-			"DISPLAY", "WAYLAND_DISPLAY", "DBUS_SESSION_BUS_ADDRESS",
+			"DISPLAY", "WAYLAND_DISPLAY", "DBUS_SESSION_BUS_ADDRESS", "XAUTHORITY",
 			"SSH_AUTH_SOCK", "SSH_AGENT_PID", "SSH_CONNECTION", "SSH_CLIENT", "SSH_TTY", "GPG_AGENT_INFO",
+			"KRB5CCNAME",
 			"LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT",
-			"PWD", "OLDPWD", "SHLVL", "_", "MAIL"},
+			"PWD", "OLDPWD", "SHLVL", "_", "MAIL",
+			// Lectic's directories on the host: the command must not learn
+			// where they are (it cannot reach them, see the mounts).
+			"LECTIC_CACHE", "LECTIC_TEMP", "LECTIC_DATA", "LECTIC_CONFIG", "LECTIC_RUNTIME", "LECTIC_STATE",
+			// The sandbox's own settings, for the host side only.
+			PassEnvVar, "LECTIC_NIX_SANDBOX_FLAKE"},
 		HostOnlyPrefixes: []string{"XDG_"},
 		InternalPrefixes: []string{"_LIBCONTAINER_", "_LECTIC_NIX_SANDBOX_"},
-		SecretSuffixes:   []string{"_API_KEY", "_APIKEY", "_TOKEN"},
-		SecretWords:      []string{"SECRET", "PASSWORD", "PASSWD", "CREDENTIALS", "PRIVATE_KEY"},
-		SecretPrefixes:   []string{"_AWS_"},
+		SecretParts: []string{"KEY", "KEYS", "APIKEY", "TOKEN", "TOKENS", "SECRET", "SECRETS",
+			"PASSWORD", "PASSWORDS", "PASSWD", "PASS", "PASSPHRASE", "PWD", "PAT", "JWT", "DSN",
+			"AUTH", "COOKIE", "COOKIES", "CREDENTIAL", "CREDENTIALS", "CREDS", "WEBHOOK", "PRIVATE", "SESSION"},
+		SecretWords:    []string{"SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "PRIVATE_KEY", "APIKEY"},
+		SecretPrefixes: []string{"_AWS_"},
+		URLCredentials: true,
 	}
 }
 
@@ -59,8 +76,8 @@ func (p EnvPolicy) isInternal(name string) bool {
 
 func (p EnvPolicy) isSecret(name string) bool {
 	up := "_" + strings.ToUpper(name)
-	for _, suffix := range p.SecretSuffixes {
-		if strings.HasSuffix(up, suffix) {
+	for _, part := range strings.Split(up, "_") {
+		if part != "" && slices.Contains(p.SecretParts, part) {
 			return true
 		}
 	}
@@ -70,6 +87,38 @@ func (p EnvPolicy) isSecret(name string) bool {
 		}
 	}
 	return hasAnyPrefix(up, p.SecretPrefixes)
+}
+
+// secretValue reports whether the policy withholds a variable for its
+// value: a URL with credentials in it.
+func (p EnvPolicy) secretValue(value string) bool {
+	return p.URLCredentials && HasURLCredentials(value)
+}
+
+// HasURLCredentials reports whether s holds scheme://USER:PASSWORD@ (the
+// user may be empty): at each "://" preceded by a scheme character, the
+// authority up to the first '/', '?', '#' or blank ends in '@' and holds
+// a ':'. fastpath.c's has_url_credentials is the same scan.
+func HasURLCredentials(s string) bool {
+	for i := 0; ; {
+		j := strings.Index(s[i:], "://")
+		if j < 0 {
+			return false
+		}
+		j += i
+		if j > 0 && isSchemeByte(s[j-1]) {
+			auth := s[j+3:]
+			end := strings.IndexAny(auth, "/?#@ \t\n")
+			if end >= 0 && auth[end] == '@' && strings.IndexByte(auth[:end], ':') >= 0 {
+				return true
+			}
+		}
+		i = j + 3
+	}
+}
+
+func isSchemeByte(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '+' || c == '-' || c == '.'
 }
 
 func hasAnyPrefix(s string, prefixes []string) bool {
@@ -84,8 +133,10 @@ func hasAnyPrefix(s string, prefixes []string) bool {
 // FilterEnv applies the environment policy to the caller's environ: it
 // drops host-only variables (PATH, HOME, USER and LOGNAME, which the
 // sandbox sets itself, SHELL, HOSTNAME, temp dirs, XDG_*, display, D-Bus,
-// ssh/gpg agents, LD_* loader overrides, PWD, SHLVL, MAIL...) and
-// secret-looking ones (see EnvPolicy). TERM, LANG, LC_* and LS_COLORS pass.
+// ssh/gpg agents, LD_* loader overrides, PWD, SHLVL, MAIL, Lectic's
+// directories...), secret-looking ones and those whose value is a URL with
+// credentials (see EnvPolicy). TERM, LANG, LC_*, LS_COLORS and Lectic's
+// other variables (LECTIC_INTERLOCUTOR, LECTIC_FILE) pass.
 //
 // named are --env values: NAME keeps the host's value whatever the policy
 // says, NAME=VALUE sets it (appended when the host lacks it); the last
@@ -103,7 +154,7 @@ func filterEnv(p EnvPolicy, environ []string, named []string) (out, withheld []s
 	keep, set, order := parseNamed(named)
 	seen := map[string]bool{}
 	for _, kv := range environ {
-		name, _, _ := strings.Cut(kv, "=")
+		name, value, _ := strings.Cut(kv, "=")
 		if p.isInternal(name) {
 			continue
 		}
@@ -113,9 +164,10 @@ func filterEnv(p EnvPolicy, environ []string, named []string) (out, withheld []s
 			continue
 		}
 		switch {
-		case keep[name] || !p.blocked(name):
+		case keep[name] || !p.blocked(name) && !p.secretValue(value):
 			out = append(out, kv)
-		case p.withheld(name):
+		case p.withheld(name) || !p.blocked(name):
+			// A secret name, or a value with credentials in it.
 			withheld = append(withheld, name)
 		}
 	}

@@ -48,13 +48,34 @@ func TestFilterEnv(t *testing.T) {
 	}
 }
 
+// secretNames are variables that carry credentials in common tools; each
+// must be withheld unless named.
+var secretNames = []string{
+	"OPENAI_KEY", "GEMINI_KEY", "STRIPE_KEY", "SIGNING_KEY", "ENCRYPTION_KEY", "ACCESS_KEY",
+	"GH_PAT", "GITHUB_PAT", "MYSQL_PWD", "NPM_CONFIG__AUTH", "DOCKER_AUTH_CONFIG", "CI_JOB_JWT",
+	"SLACK_WEBHOOK_URL", "SENTRY_DSN", "KRB5CCNAME", "COOKIE",
+	"LECTIC_CACHE", "LECTIC_TEMP", "LECTIC_DATA", "LECTIC_CONFIG", "LECTIC_RUNTIME",
+	"ANTHROPIC_API_KEY", "GITHUB_TOKEN", "HF_TOKEN", "AWS_SECRET_ACCESS_KEY", "GOOGLE_APPLICATION_CREDENTIALS",
+	"SMTP_PASS", "GPG_PASSPHRASE", "SESSION_ID", "APP_PRIVATE_KEY", "OPENAIAPIKEY", "DB_CREDS",
+}
+
 func TestBlocked(t *testing.T) {
 	tests := map[string]bool{
 		"anthropic_api_key": true, "My_Secret_Thing": true, "X_CREDENTIALS_FILE": true,
 		"GIT_PRIVATE_KEY_PATH": true, "PASSWORD": true, "AWS": false, "AWS_": true,
-		"SECRETARY": true, "TOKEN_COUNT": false, "PGPASSWORD": true, "PGPASSWD": true,
+		"SECRETARY": true, "PGPASSWORD": true, "PGPASSWD": true,
 		"OPENAI_APIKEY": true, "MYTOKEN": false, "GH_TOKEN": true, "XDG_DATA_DIRS": true, "xdg_data_dirs": true,
 		"TERM": false, "LC_CTYPE": false,
+		// Parts are whole: a word that merely starts like one passes.
+		"TOKENIZERS_PARALLELISM": false, "GIT_AUTHOR_NAME": false, "KEYTIMEOUT": false, "MANPATH": false,
+		"PASSAGE": false, "PATH_INFO": false, "OLDPWD": true, "PWD": true,
+		// Lectic's variables that are not host paths pass.
+		"LECTIC_INTERLOCUTOR": false, "LECTIC_FILE": false, "LECTIC_TOOL": false,
+		// The sandbox's own settings stay on the host.
+		PassEnvVar: true, "LECTIC_NIX_SANDBOX_FLAKE": true,
+	}
+	for _, n := range secretNames {
+		tests[n] = true
 	}
 	for name, want := range tests {
 		if got := Policy().blocked(name); got != want {
@@ -158,5 +179,37 @@ func TestParsePassEnv(t *testing.T) {
 		if err != nil && (!strings.Contains(err.Error(), PassEnvVar) || strings.Contains(err.Error(), "\n")) {
 			t.Errorf("error %q must be one line naming %s", err, PassEnvVar)
 		}
+	}
+}
+
+func TestURLCredentials(t *testing.T) {
+	tests := map[string]bool{
+		"postgres://app:s3cret@db:5432/app":          true,
+		"redis://:pw@cache:6379/0":                   true,
+		"mysql://u:p@h/d?x=1":                        true,
+		"a list: http://x, https://user:pw@proxy:80": true,
+		"https://u:p@":                               true,
+		"https://github.com/a/b":                     false,
+		"ssh://git@github.com/a/b":                   false,
+		"https://h/path?q=a:b@c":                     false,
+		"https://h#frag:x@y":                         false,
+		"://u:p@h":                                   false,
+		"plain:text@host":                            false,
+		"":                                           false,
+	}
+	for v, want := range tests {
+		if got := HasURLCredentials(v); got != want {
+			t.Errorf("HasURLCredentials(%q) = %v, want %v", v, got, want)
+		}
+	}
+	got := FilterEnv([]string{"DATABASE_URL=postgres://app:s3cret@db/app", "HOMEPAGE_URL=https://example.com", "MIRROR=http://u:p@m"},
+		[]string{"MIRROR"})
+	if want := []string{"HOMEPAGE_URL=https://example.com", "MIRROR=http://u:p@m"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("FilterEnv = %q, want %q", got, want)
+	}
+	// A value with credentials is reported withheld like a secret name.
+	_, withheld := NewEnvRecipe(nil, nil, "/h", "u").Build([]string{"DATABASE_URL=postgres://app:s3cret@db/app", "LECTIC_CACHE=/c"})
+	if want := []string{"DATABASE_URL"}; !reflect.DeepEqual(withheld, want) {
+		t.Errorf("withheld %q, want %q", withheld, want)
 	}
 }
