@@ -109,6 +109,28 @@ static void buf_reserve(struct buf *b, size_t n)
 	b->p = p, b->cap = b->n + n + 1;
 }
 
+/*
+ * printable is warm.Printable over line[:n], in place: line breaks and
+ * tabs become spaces, other control characters ('?') cannot drive the
+ * caller's terminal. It returns the new length.
+ */
+static int printable(char *line, int n)
+{
+	int i, o = 0;
+
+	for (i = 0; i < n; i++) {
+		unsigned char ch = line[i];
+		if (ch == '\n' || ch == '\r' || ch == '\t')
+			ch = ' ';
+		else if (ch < 0x20 || ch == 0x7f)
+			ch = '?';
+		else if (ch == 0xc2 && i + 1 < n && (unsigned char)line[i + 1] >= 0x80 && (unsigned char)line[i + 1] < 0xa0)
+			ch = '?', i++; /* a C1 control, U+0080..U+009F */
+		line[o++] = ch;
+	}
+	return o;
+}
+
 static void say(const char *fmt, ...)
 {
 	char line[4096];
@@ -122,6 +144,7 @@ static void say(const char *fmt, ...)
 		return;
 	if ((size_t)n > sizeof line - 2)
 		n = sizeof line - 2;
+	n = printable(line, n);
 	line[n++] = '\n';
 	while (write(2, line, n) < 0 && errno == EINTR)
 		;
@@ -742,7 +765,9 @@ static const char *open_ticket(struct call *c, struct ticket *t)
 			ticket_name(&words, k, term, name);
 			if ((size_t)snprintf(path, sizeof path, "%s/%s", c->dir, name) >= sizeof path)
 				return "the ticket path is too long";
-			fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+			/* O_NONBLOCK: a FIFO named like a ticket must not hang
+			 * the call; fstat then turns it away. */
+			fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 			if (fd < 0 && errno != ENOENT)
 				return "cannot open the ticket";
 			t->k = k;

@@ -201,7 +201,13 @@ func runChild(t *testing.T, args []string, env []string, during func(p *os.Proce
 	if during != nil {
 		during(cmd.Process)
 	}
+	// A call that hangs (a FIFO opened for reading, say) fails the test
+	// instead of the whole run.
+	hung := time.AfterFunc(30*time.Second, func() { cmd.Process.Kill() })
 	err := cmd.Wait()
+	if !hung.Stop() {
+		t.Fatalf("the call hung; stderr %q", errb.String())
+	}
 	code := 0
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
@@ -414,6 +420,17 @@ func TestFastPath(t *testing.T) {
 				ents, _ := os.ReadDir(dir)
 				for _, e := range ents {
 					os.Chmod(filepath.Join(dir, e.Name()), 0o666)
+				}
+			}, wantCode: exitFellBack},
+		{name: "a FIFO named like the ticket falls back", argv: []string{"x"}, reply: exitWith(0, 0),
+			breakTicket: func(t *testing.T, dir, sock, checked string) {
+				ents, _ := os.ReadDir(dir)
+				for _, e := range ents {
+					p := filepath.Join(dir, e.Name())
+					os.Remove(p)
+					if err := unix.Mkfifo(p, 0o600); err != nil {
+						t.Fatal(err)
+					}
 				}
 			}, wantCode: exitFellBack},
 		{name: "require mode reports a miss", argv: []string{"x"}, env: []string{ModeEnv + "=require"}, reply: exitWith(0, 0),

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/statedir"
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/termtext"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/testenv"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/oci"
 )
@@ -164,4 +165,30 @@ func serveOne(t *testing.T, dir, base string) (int, string) {
 	fakeAgent(t, sock, exitWith(3, 0))
 	c := runChild(t, []string{"--allow-net", "true"}, []string{ModeEnv + "=require"}, nil)
 	return c.code, c.stderr
+}
+
+// TestWarningsArePrintable: text from a ticket reaches the caller's
+// stderr as one line of text; terminal escapes and other control
+// characters do not get through.
+func TestWarningsArePrintable(t *testing.T) {
+	base := shortTempDir(t)
+	t.Setenv("LECTIC_TEMP", base)
+	t.Setenv("USER", "tester")
+	dir := Dir(goTempRoot(t, filepath.Join(base, "nix-sandbox"), filepath.Join(base, "cache", "nix-sandbox")))
+	sock := filepath.Join(base, "agent.sock")
+	head := `{"type":"run","proto":1,"build":"b1","cwd":"/w","user":{"mode":"caller","uid":1,"gid":1},"ttl_seconds":900}`
+	recipe := oci.NewEnvRecipe([]string{"PATH=/bin"}, nil, "/home/tester", "tester")
+	warn := "a\x1b]0;pwned\x07b\x1b[2J\r\nc\u009bd\x7fé"
+	if err := Write(dir, Invocation{Options: []string{"--allow-net"}}, Ticket{Socket: sock, Request: []byte(head), Env: recipe, Warnings: []string{warn}}); err != nil {
+		t.Fatal(err)
+	}
+	fakeAgent(t, sock, exitWith(0, 0))
+	c := runChild(t, []string{"--allow-net", "true"}, []string{ModeEnv + "=require"}, nil)
+	want := "lectic-nix-sandbox: warning: a?]0;pwned?b?[2J  c?d?é\n"
+	if c.code != 0 || c.stderr != want {
+		t.Fatalf("exit %d, stderr %q; want %q", c.code, c.stderr, want)
+	}
+	if got := "lectic-nix-sandbox: warning: " + termtext.Printable(warn) + "\n"; got != want {
+		t.Fatalf("the Go client prints %q, the fast path %q", got, want)
+	}
 }

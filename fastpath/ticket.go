@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/flagvalue"
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/statedir"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/oci"
 )
 
@@ -369,8 +370,10 @@ func Prune(dir string) (removed int, err error) {
 }
 
 // socketAlive reports whether the ticket at p names a socket that exists.
+// Anything but a regular file (a FIFO named like a ticket) is no ticket:
+// it is neither read nor waited on, and Prune removes it.
 func socketAlive(p string) bool {
-	data, err := os.ReadFile(p)
+	data, err := statedir.ReadRegular(p, maxTicket)
 	if err != nil {
 		return false
 	}

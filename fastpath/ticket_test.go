@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -132,9 +133,19 @@ func TestPrune(t *testing.T) {
 		}
 	}
 	os.WriteFile(filepath.Join(dir, ".tmp-123"), nil, 0o600)
-	removed, err := Prune(dir)
-	if err != nil || removed != 2 {
-		t.Fatalf("Prune = %d, %v; want 2 removed (a dead ticket and a temp file)", removed, err)
+	// A FIFO named like a ticket is neither read nor waited on.
+	unix.Mkfifo(filepath.Join(dir, "0123456789abcdef0123456789abcdef"), 0o600)
+	done := make(chan struct{})
+	var removed int
+	var err error
+	go func() { removed, err = Prune(dir); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Prune hung on a FIFO")
+	}
+	if err != nil || removed != 3 {
+		t.Fatalf("Prune = %d, %v; want 3 removed (a dead ticket, a temp file, a FIFO)", removed, err)
 	}
 	ents, _ := os.ReadDir(dir)
 	if len(ents) != 1 {

@@ -353,3 +353,57 @@ func TestMCPAndExecShareAContainer(t *testing.T) {
 		})
 	}
 }
+
+// TestFIFOTicket: a FIFO named like a ticket (or left where a lock goes)
+// hangs nothing: neither the call, on either path, nor --list, --prune and
+// --stop all, which also leaves no lock files behind.
+func TestFIFOTicket(t *testing.T) {
+	forEachUser(t, func(t *testing.T, u *testUser) {
+		wd := u.workdir(t)
+		img := privateImage(t, u)
+		settle(t, img)
+		call := func(env []string, args ...string) result {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			return u.run(ctx, t, runOpts{dir: wd, env: env}, append([]string{"--image", img, "-d", wd}, args...)...)
+		}
+		wantOK(t, call(nil, "true"))
+		wantOK(t, call(require, "true"))
+		fast := filepath.Join(u.temp, "nix-sandbox", "fast")
+		ents, err := os.ReadDir(fast)
+		if err != nil || len(ents) == 0 {
+			t.Fatalf("no tickets: %v", err)
+		}
+		for _, e := range ents {
+			p := filepath.Join(fast, e.Name())
+			os.Remove(p)
+			if err := unix.Mkfifo(p, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			chown(t, u, p)
+		}
+		warmRoot := filepath.Join(u.temp, "nix-sandbox", "warm")
+		junkLock := filepath.Join(warmRoot, "0123456789abcdef.lock")
+		if err := unix.Mkfifo(junkLock, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		chown(t, u, junkLock)
+		wantSandboxError(t, call(require, "true"), "the fast path was not taken: the ticket is not a private file")
+		if r := call(nil, "echo", "served"); r.code != 0 || r.stdout != "served\n" {
+			t.Fatalf("the call after a FIFO ticket: %v", r)
+		}
+		wantOK(t, call(require, "true"))
+		for _, args := range [][]string{{"--list"}, {"--prune"}, {"--stop", "all"}} {
+			r := call(nil, args...)
+			if r.code != 0 {
+				t.Fatalf("%v: %v", args, r)
+			}
+		}
+		ents, _ = os.ReadDir(warmRoot)
+		for _, e := range ents {
+			if strings.HasSuffix(e.Name(), ".lock") {
+				t.Errorf("--stop all left %s", e.Name())
+			}
+		}
+	})
+}

@@ -9,13 +9,13 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
-	"strings"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/execargs"
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/termtext"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/namespace"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/netpolicy"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/oci"
@@ -339,14 +339,11 @@ func stackLimit() *uint64 {
 	return &rl.Cur
 }
 
-// lineBreaks keeps a line one line, as fastpath.c's reply parser does.
-var lineBreaks = strings.NewReplacer("\n", " ", "\r", " ", "\t", " ")
-
 // say writes one line of the sandbox's own on w, in one write so that it
 // is never split by the command's output; "" says nothing.
 func say(w io.Writer, line string) {
 	if line != "" {
-		_, _ = io.WriteString(w, "lectic-nix-sandbox: "+lineBreaks.Replace(line)+"\n")
+		_, _ = io.WriteString(w, "lectic-nix-sandbox: "+termtext.Printable(line)+"\n")
 	}
 }
 

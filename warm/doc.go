@@ -44,6 +44,11 @@
 // the same call from C before the Go runtime starts (package fastpath, fed
 // by FastRequest and Spec.TicketDir); the agent cannot tell the two apart.
 //
+// Files of the registry (locks, alive, meta.json, the log) are opened
+// with O_NOFOLLOW|O_NONBLOCK and must be regular files (statedir.OpenRegular):
+// a FIFO or symlink in their place is junk, never waited on, and a status
+// or stop request is bounded by a timeout from connect on.
+//
 // # Starting a container
 //
 // When nothing answers, the client takes T/warm/<key>.lock (flock; the file

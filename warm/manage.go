@@ -86,14 +86,11 @@ func describe(tempRoot, key string) (Info, bool) {
 
 // askStatus sends a status request with a short timeout.
 func askStatus(sock string) (*agentStatus, error) {
-	c, err := dial(sock)
+	c, err := dialTimeout(sock, statusTimeout)
 	if err != nil {
 		return nil, err
 	}
 	defer c.close()
-	if err := c.setTimeout(statusTimeout); err != nil {
-		return nil, err
-	}
 	if err := c.send(&message{Type: msgStatus, Proto: Proto}); err != nil {
 		return nil, err
 	}
@@ -162,12 +159,14 @@ func Stop(tempRoot, key string) error {
 	for _, k := range ks {
 		errs = append(errs, stopOne(tempRoot, k))
 	}
+	errs = append(errs, removeOrphanLocks(tempRoot))
 	return errors.Join(errs...)
 }
 
 func stopOne(tempRoot, key string) error {
 	dir := warmDir(tempRoot, key)
-	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Lstat(dir); errors.Is(err, os.ErrNotExist) {
+		removeOrphanLock(tempRoot, key)
 		return nil
 	}
 	if supervisorAlive(dir) {
@@ -187,19 +186,22 @@ func stopOne(tempRoot, key string) error {
 	if supervisorAlive(dir) {
 		return nil // a new container was started meanwhile
 	}
-	return removeStaleDir(dir)
+	if err := removeStaleDir(dir); err != nil {
+		return err
+	}
+	// Removed while held: lockKey retries a lock on an unlinked file, so
+	// a caller starting this key meanwhile still gets a lock.
+	_ = os.Remove(keyLockPath(tempRoot, key))
+	return nil
 }
 
 // askStop asks the agent to exit; its supervisor then cleans up.
 func askStop(sock string) {
-	c, err := dial(sock)
+	c, err := dialTimeout(sock, statusTimeout)
 	if err != nil {
 		return
 	}
 	defer c.close()
-	if c.setTimeout(statusTimeout) != nil {
-		return
-	}
 	if c.send(&message{Type: msgStop, Proto: Proto}) == nil {
 		_, fds, _ := c.recv()
 		closeAll(fds)
@@ -261,21 +263,25 @@ func removeOrphanLocks(tempRoot string) error {
 		return nil
 	}
 	for _, e := range ents {
-		key, ok := strings.CutSuffix(e.Name(), ".lock")
-		if !ok || !validKey(key) {
-			continue
+		if key, ok := strings.CutSuffix(e.Name(), ".lock"); ok && validKey(key) {
+			removeOrphanLock(tempRoot, key)
 		}
-		if _, err := os.Lstat(warmDir(tempRoot, key)); err == nil {
-			continue
-		}
-		lock, ok, err := tryLockKey(tempRoot, key)
-		if err != nil || !ok {
-			continue
-		}
-		if _, err := os.Lstat(warmDir(tempRoot, key)); errors.Is(err, os.ErrNotExist) {
-			_ = os.Remove(keyLockPath(tempRoot, key))
-		}
-		lock.unlock()
 	}
 	return nil
+}
+
+// removeOrphanLock deletes key's lock file if its warm dir is gone and
+// nobody holds it.
+func removeOrphanLock(tempRoot, key string) {
+	if _, err := os.Lstat(warmDir(tempRoot, key)); err == nil {
+		return
+	}
+	lock, ok, err := tryLockKey(tempRoot, key)
+	if err != nil || !ok {
+		return
+	}
+	if _, err := os.Lstat(warmDir(tempRoot, key)); errors.Is(err, os.ErrNotExist) {
+		_ = os.Remove(keyLockPath(tempRoot, key))
+	}
+	lock.unlock()
 }

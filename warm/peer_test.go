@@ -158,3 +158,77 @@ func TestHelperStatusClient(t *testing.T) {
 		fmt.Println("answer:", m.Type)
 	}
 }
+
+// TestJunkInTheRegistry: FIFOs and symlinks where a lock, the alive file or
+// meta.json belong never block --list, --stop or --prune (opening a FIFO
+// for reading waits for a writer forever), and --stop all leaves no lock
+// files.
+func TestJunkInTheRegistry(t *testing.T) {
+	tempRoot := shortTempDir(t)
+	keys := []string{Key("fifo meta"), Key("fifo alive"), Key("symlink meta"), Key("fifo lock")}
+	for i, k := range keys {
+		dir := warmDir(tempRoot, k)
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		var err error
+		switch i {
+		case 0:
+			err = unix.Mkfifo(filepath.Join(dir, metaName), 0o600)
+		case 1:
+			err = unix.Mkfifo(filepath.Join(dir, aliveName), 0o600)
+		case 2:
+			err = os.Symlink("/dev/zero", filepath.Join(dir, metaName))
+		case 3:
+			os.Remove(dir)
+			err = unix.Mkfifo(keyLockPath(tempRoot, k), 0o600)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, step := range []struct {
+		name string
+		run  func() error
+	}{
+		{"list", func() error { _, err := List(tempRoot); return err }},
+		{"prune", func() error { _, err := Prune(tempRoot); return err }},
+		{"stop all", func() error { return Stop(tempRoot, "all") }},
+	} {
+		done := make(chan error, 1)
+		go func() { done <- step.run() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("%s: %v", step.name, err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s hung on junk in the warm registry", step.name)
+		}
+	}
+	ents, _ := os.ReadDir(warmRoot(tempRoot))
+	for _, e := range ents {
+		t.Errorf("left in the warm root: %s", e.Name())
+	}
+}
+
+// TestStopAllLeavesNoLocks: a stopped container's lock file goes with it.
+func TestStopAllLeavesNoLocks(t *testing.T) {
+	tools := toolDir(t)
+	a := startTestAgent(t, agentOpts{})
+	if _, _, code, err := pipeRun(t, a, Request{Argv: []string{"true"}, Env: []string{"PATH=" + tools}}, ""); code != 0 || err != nil {
+		t.Fatalf("run: %d %v", code, err)
+	}
+	l, err := lockKey(a.tempRoot, a.key) // as a caller that started it would leave it
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.unlock()
+	if err := Stop(a.tempRoot, "all"); err != nil {
+		t.Fatal(err)
+	}
+	ents, _ := os.ReadDir(warmRoot(a.tempRoot))
+	for _, e := range ents {
+		t.Errorf("left in the warm root after --stop all: %s", e.Name())
+	}
+}

@@ -286,13 +286,24 @@ func checkSocketPath(path string) error {
 }
 
 // dial connects to a listening agent socket.
-func dial(path string) (conn, error) {
+func dial(path string) (conn, error) { return dialTimeout(path, 0) }
+
+// dialTimeout is dial with every step bounded by d (0: unbounded): the
+// connect (a listener whose backlog is full would hold it), and every
+// later send and receive.
+func dialTimeout(path string, d time.Duration) (conn, error) {
 	if err := checkSocketPath(path); err != nil {
 		return conn{}, err
 	}
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return conn{}, fmt.Errorf("create socket: %w", err)
+	}
+	if d > 0 {
+		if err := (conn{fd: fd}).setTimeout(d); err != nil {
+			_ = unix.Close(fd)
+			return conn{}, err
+		}
 	}
 	for {
 		err = unix.Connect(fd, &unix.SockaddrUnix{Name: path})

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/statedir"
 )
 
 // Names inside T/warm/<key>/.
@@ -156,7 +158,7 @@ func lockKey(tempRoot, key string) (*fileLock, error) {
 	}
 	path := keyLockPath(tempRoot, key)
 	for {
-		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_CLOEXEC, 0o600)
+		f, err := openState(path, os.O_RDWR|os.O_CREATE)
 		if err != nil {
 			return nil, fmt.Errorf("open lock %s: %w", path, err)
 		}
@@ -174,7 +176,7 @@ func lockKey(tempRoot, key string) (*fileLock, error) {
 // tryLockKey is lockKey without waiting; ok is false when someone holds it.
 func tryLockKey(tempRoot, key string) (l *fileLock, ok bool, err error) {
 	path := keyLockPath(tempRoot, key)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_CLOEXEC, 0o600)
+	f, err := openState(path, os.O_RDWR|os.O_CREATE)
 	if err != nil {
 		return nil, false, fmt.Errorf("open lock %s: %w", path, err)
 	}
@@ -208,9 +210,24 @@ func samePath(f *os.File, path string) bool {
 	return err1 == nil && err2 == nil && os.SameFile(a, b)
 }
 
+// openState opens a file of the warm registry (a lock, the log, the
+// alive file) without following a symlink or waiting on a FIFO; anything
+// but a regular file in its place is junk in our own dir, removed once
+// and replaced when flag creates.
+func openState(path string, flag int) (*os.File, error) {
+	f, err := statedir.OpenRegular(path, flag, 0o600)
+	if errors.Is(err, statedir.ErrNotRegular) && flag&os.O_CREATE != 0 {
+		if rerr := os.Remove(path); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+			return nil, err
+		}
+		f, err = statedir.OpenRegular(path, flag|os.O_EXCL, 0o600)
+	}
+	return f, err
+}
+
 // supervisorAlive reports whether a supervisor holds dir's alive lock.
 func supervisorAlive(dir string) bool {
-	f, err := os.Open(filepath.Join(dir, aliveName))
+	f, err := statedir.OpenRegular(filepath.Join(dir, aliveName), os.O_RDONLY, 0)
 	if err != nil {
 		return false
 	}
@@ -303,8 +320,11 @@ type meta struct {
 	OneShot       bool      `json:"one_shot,omitempty"`
 }
 
+// maxMeta bounds what readMeta reads.
+const maxMeta = 64 << 10
+
 func readMeta(dir string) (*meta, error) {
-	b, err := os.ReadFile(filepath.Join(dir, metaName))
+	b, err := statedir.ReadRegular(filepath.Join(dir, metaName), maxMeta)
 	if err != nil {
 		return nil, err
 	}
@@ -322,7 +342,14 @@ func writeMeta(dir string, m *meta) error {
 		return err
 	}
 	tmp := filepath.Join(dir, metaName+".tmp")
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
+	f, err := openState(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC)
+	if err == nil {
+		_, err = f.Write(append(b, '\n'))
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("write %s: %w", tmp, err)
 	}
 	return os.Rename(tmp, filepath.Join(dir, metaName))

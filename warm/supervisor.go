@@ -116,7 +116,7 @@ func startSupervisor(ctx context.Context, dir string, s Spec) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create %s: %w", dir, err)
 	}
-	logf, err := os.OpenFile(filepath.Join(dir, logName), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	logf, err := openState(filepath.Join(dir, logName), os.O_WRONLY|os.O_CREATE|os.O_APPEND)
 	if err != nil {
 		return fmt.Errorf("create the sandbox log: %w", err)
 	}
@@ -253,7 +253,7 @@ func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 // start takes ownership of the dir, creates the socket and the container,
 // and records meta.json.
 func (sv *supervisor) start() error {
-	alive, err := os.OpenFile(filepath.Join(sv.dir, aliveName), os.O_RDWR|os.O_CREATE|syscall.O_CLOEXEC, 0o600)
+	alive, err := openState(filepath.Join(sv.dir, aliveName), os.O_RDWR|os.O_CREATE)
 	if err != nil {
 		return fmt.Errorf("create %s: %w", filepath.Join(sv.dir, aliveName), err)
 	}

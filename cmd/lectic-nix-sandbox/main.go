@@ -15,9 +15,9 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/termtext"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/namespace"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/warm"
 )
@@ -57,7 +57,7 @@ func dispatch(args []string, stdout, stderr io.Writer) (int, error) {
 		return 0, err
 	}
 	for _, w := range o.warnings {
-		fmt.Fprintln(stderr, "lectic-nix-sandbox: warning: "+w)
+		fmt.Fprintln(stderr, "lectic-nix-sandbox: warning: "+termtext.Printable(w))
 	}
 	if o.action == "help" {
 		fmt.Fprint(stdout, usageText)
@@ -83,6 +83,12 @@ func dispatch(args []string, stdout, stderr io.Writer) (int, error) {
 			return 0, err
 		}
 	}
+	switch o.action {
+	case "list", "stop", "prune":
+		// Nothing to undo when these are interrupted (each step leaves a
+		// consistent state): SIGTERM and SIGINT end them as usual.
+		return 0, manage(context.Background(), o, r, stdout, stderr)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
 	if o.action != "" {
@@ -93,10 +99,8 @@ func dispatch(args []string, stdout, stderr io.Writer) (int, error) {
 	return runCommand(ctx, args, o, r, stderr)
 }
 
-// oneLine keeps the 125 contract: whatever an error wraps, the user sees one
-// line.
-func oneLine(s string) string {
-	return strings.NewReplacer("\n", " ", "\r", " ").Replace(s)
-}
+// oneLine keeps the 125 contract: whatever an error wraps (file names,
+// command words), the user sees one line of text.
+func oneLine(s string) string { return termtext.Printable(s) }
 
 var errNoCommand = errors.New("no command given and the image has no default command; usage: lectic-nix-sandbox [OPTIONS] COMMAND [ARGS...]")

@@ -3,7 +3,9 @@ package statedir
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -220,4 +222,51 @@ func tryTemp(c Candidate, uid int) (string, error) {
 		return "", fmt.Errorf("its real path is %d bytes, too long for unix sockets (at most %d)", n, MaxTempRoot)
 	}
 	return Make(c.Dir, uid)
+}
+
+// ErrNotRegular means a file of the sandbox's state is not a regular file:
+// a FIFO, a device, a socket or a symlink left where a ticket, a lock or
+// metadata belongs. It is skipped, never read or waited on.
+var ErrNotRegular = errors.New("not a regular file")
+
+// OpenRegular opens a state file with flag plus O_NOFOLLOW, O_NONBLOCK
+// and O_CLOEXEC, and makes sure it is a regular file, so that nothing
+// left in the state dirs can redirect the open or block it: opening a
+// FIFO without O_NONBLOCK waits for a writer forever. (O_NONBLOCK means
+// nothing to a regular file.)
+func OpenRegular(path string, flag int, perm os.FileMode) (*os.File, error) {
+	f, err := os.OpenFile(path, flag|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, perm)
+	if err != nil {
+		if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENXIO) {
+			return nil, fmt.Errorf("%s: %w", path, ErrNotRegular)
+		}
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("%s: %w", path, ErrNotRegular)
+	}
+	return f, nil
+}
+
+// ReadRegular reads a state file of at most max bytes (OpenRegular).
+func ReadRegular(path string, max int64) ([]byte, error) {
+	f, err := OpenRegular(path, os.O_RDONLY, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > max {
+		return nil, fmt.Errorf("%s is larger than %d bytes", path, max)
+	}
+	return b, nil
 }
