@@ -407,3 +407,120 @@ func TestFIFOTicket(t *testing.T) {
 		}
 	})
 }
+
+// stateProbe tries, from inside, what a command with no network could do
+// to the sandbox's own state when the workdir holds it: list and write
+// the cache (plant etc/ld.so.preload in an image), the temp root (rewrite
+// a ticket, replace agent.sock), LECTIC_DATA and the binary, and move the
+// directories on the way aside. It prints one line per attempt.
+const stateProbe = `
+cache=$1 temp=$2 data=$3 bin=$4 wd=$5
+echo "cache-ls=$(ls -A "$cache" 2>&1 | tr '\n' ,)"
+echo "cache-plant=$( (mkdir -p "$cache/rootfs/x/root/etc" && echo /evil.so > "$cache/rootfs/x/root/etc/ld.so.preload") 2>&1 | tail -1 | sed 's/.*: //')"
+echo "cache-move=$( (mv "$(dirname "$cache")" "$(dirname "$cache")-aside") 2>&1 | sed 's/.*: //')"
+echo "temp-ls=$(ls -A "$temp" 2>&1 | tr '\n' ,)"
+echo "temp-plant=$( (mkdir -p "$temp/fast" && echo x > "$temp/fast/ticket") 2>&1 | tail -1 | sed 's/.*: //')"
+echo "temp-move=$( (mv "$(dirname "$temp")" "$(dirname "$temp")-aside") 2>&1 | sed 's/.*: //')"
+echo "data-write=$( (echo x > "$data/lectic-hello") 2>&1 | sed 's/.*: //')"
+echo "bin-write=$( (touch -c "$bin") 2>&1 | sed 's/.*: //')"
+echo "free=$(echo ok > "$wd/free" && cat "$wd/free")"
+`
+
+// TestStateUnreachable: with the workdir = $HOME (the default cache, the
+// plugin in LECTIC_DATA and the binary inside it) and with the workdir =
+// $TMPDIR (the default temp root inside it), a command can neither see the
+// temp root and the cache nor write LECTIC_DATA or the binary, nor move
+// the directories that lead to them; the rest of the workdir stays
+// writable. Checked on both paths.
+func TestStateUnreachable(t *testing.T) {
+	forEachUser(t, func(t *testing.T, u *testUser) {
+		home, err := os.MkdirTemp(suite.root, "h")
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmpdir, err := os.MkdirTemp(suite.root, "t")
+		if err != nil {
+			t.Fatal(err)
+		}
+		data := filepath.Join(home, ".local", "share", "lectic")
+		bin := filepath.Join(data, "plugins", "nix-sandbox", "lectic-nix-sandbox")
+		for _, d := range []string{home, tmpdir, filepath.Dir(bin)} {
+			os.MkdirAll(d, 0o755)
+		}
+		if err := testenv.CopyFile(bin, suite.bin, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		filepath.Walk(home, func(p string, _ os.FileInfo, _ error) error { return os.Lchown(p, u.uid, u.gid) })
+		chown(t, u, tmpdir)
+		img := privateImage(t, u)
+		settle(t, img, bin)
+		for _, tc := range []struct {
+			name    string
+			workdir string
+			env     []string
+			cache   string
+			temp    string
+		}{
+			{"workdir is HOME", home, []string{"HOME=" + home, "LECTIC_CACHE=", "LECTIC_DATA=", "LECTIC_TEMP=" + u.temp},
+				filepath.Join(home, ".cache", "lectic", "nix-sandbox"), filepath.Join(u.temp, "nix-sandbox")},
+			{"workdir is TMPDIR", tmpdir, []string{"HOME=" + home, "LECTIC_CACHE=", "LECTIC_DATA=", "LECTIC_TEMP=", "TMPDIR=" + tmpdir},
+				filepath.Join(home, ".cache", "lectic", "nix-sandbox"), filepath.Join(tmpdir, "lectic", "nix-sandbox")},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				call := func(mode []string) result {
+					cmd := exec.Command(bin, "--image", img, "sh", "-c", stateProbe, "sh", tc.cache, tc.temp, data, bin, tc.workdir)
+					cmd.Env = append(append(u.env(nil), tc.env...), mode...)
+					cmd.Dir = tc.workdir
+					if os.Geteuid() == 0 && u.uid != 0 {
+						cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(u.uid), Gid: uint32(u.gid)}}
+					}
+					var out, errb strings.Builder
+					cmd.Stdout, cmd.Stderr = &out, &errb
+					err := cmd.Run()
+					r := result{stdout: out.String(), stderr: errb.String()}
+					if ee, ok := err.(*exec.ExitError); ok {
+						r.code = ee.ExitCode()
+					}
+					return r
+				}
+				for _, mode := range [][]string{nil, require} {
+					r := call(mode)
+					if r.code != 0 {
+						t.Fatalf("%v: %v", mode, r)
+					}
+					got := map[string]string{}
+					for _, l := range strings.Split(r.stdout, "\n") {
+						if k, v, ok := strings.Cut(l, "="); ok {
+							got[k] = v
+						}
+					}
+					want := map[string]string{"free": "ok"}
+					if strings.HasPrefix(tc.cache, tc.workdir+"/") {
+						want["cache-ls"], want["cache-plant"], want["cache-move"] = "", "Read-only file system", "Device or resource busy"
+						want["data-write"], want["bin-write"] = "Read-only file system", "Read-only file system"
+					}
+					if strings.HasPrefix(tc.temp, tc.workdir+"/") {
+						want["temp-ls"], want["temp-plant"], want["temp-move"] = "", "Read-only file system", "Device or resource busy"
+					}
+					for k, w := range want {
+						if got[k] != w {
+							t.Errorf("%v: %s = %q, want %q", mode, k, got[k], w)
+						}
+					}
+				}
+				// On the host: the image tree has no planted file, the tickets
+				// and the agent's socket are the sandbox's own.
+				trees, _ := filepath.Glob(filepath.Join(tc.cache, "rootfs", "*", "root", "etc", "ld.so.preload"))
+				if len(trees) != 0 {
+					t.Errorf("planted: %v", trees)
+				}
+				if _, err := os.Lstat(filepath.Join(tc.temp, "fast", "ticket")); err == nil {
+					t.Error("a ticket was planted")
+				}
+				if r := call(require); r.code != 0 {
+					t.Errorf("the fast path after the probes: %v", r)
+				}
+			})
+		}
+	})
+}

@@ -79,7 +79,13 @@ func Create(ctx context.Context, o CreateOptions) (*Container, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := start(o, layout)
+	staged, mounts, err := stageCovers(o.Config, layout.stagingDir())
+	layout.staged = mounts
+	if err != nil {
+		_ = unmountRoot(layout)
+		return nil, err
+	}
+	c, err := start(o, layout, staged)
 	if err != nil {
 		_ = unmountRoot(layout)
 		return nil, err
@@ -104,7 +110,7 @@ func checkOptions(o CreateOptions) error {
 
 // start prepares the merged root and starts libcontainer; the overlay is
 // already mounted.
-func start(o CreateOptions, layout rootLayout) (*Container, error) {
+func start(o CreateOptions, layout rootLayout, staged map[string]string) (*Container, error) {
 	cfg := o.Config
 	cfg.RootPath = o.MergedDir
 	cfg.InitArgs, cfg.InitEnv = o.InitArgs, o.InitEnv
@@ -114,6 +120,7 @@ func start(o CreateOptions, layout rootLayout) (*Container, error) {
 	if err != nil {
 		return nil, fmt.Errorf("container %s: %w", o.ID, err)
 	}
+	useStaged(spec.Mounts, staged)
 	if err := prepareRoot(o.MergedDir, spec.Mounts, o.EtcFiles); err != nil {
 		return nil, fmt.Errorf("container %s: %w", o.ID, err)
 	}

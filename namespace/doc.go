@@ -22,6 +22,19 @@
 // root (libcontainer refuses an overlay at "/" and creates mountpoints in a
 // read-only root, so the root it gets is the overlay's merged dir).
 //
+// # Covers
+//
+// Before the container is created, every user bind that holds something
+// no command may reach or write (oci.CoverPlan: the sandbox's state,
+// Lectic's directories, files the host runs later) is bound at a staging
+// dir in the supervisor's mount namespace, where the plan's pins (a
+// directory bound onto itself cannot be renamed), read-only self-binds and
+// empty read-only tmpfs covers are mounted, each resolved by file
+// descriptor below the staged root with no symlink allowed. The container
+// then binds the staged dir recursively, covers included. Inside, the
+// covers cannot be undone: the container holds no CAP_SYS_ADMIN, and a
+// namespace made inside gets them locked.
+//
 // # Nesting and capabilities
 //
 // The container does not get a user namespace of its own: it shares the

@@ -26,7 +26,17 @@ type rootLayout struct {
 	upper         string
 	work          string
 	merged        string
-	state         string // libcontainer's state root
+	state         string   // libcontainer's state root
+	staged        []string // binds staged with their covers (stageCovers)
+}
+
+// stagingDir is where stageCovers binds the sources that hold covers:
+// on the scratch tmpfs, else beside the merged dir.
+func (l rootLayout) stagingDir() string {
+	if l.scratch != "" {
+		return filepath.Join(l.scratch, "binds")
+	}
+	return filepath.Join(filepath.Dir(filepath.Clean(l.merged)), "binds")
 }
 
 // diskLayout keeps the upper and work dirs the caller chose; the lower
@@ -184,7 +194,7 @@ func unmountRoot(l rootLayout) error {
 	if l.volatileTmpfs {
 		mounts = l.mounts
 	}
-	for _, p := range []string{l.merged, l.lower, mounts, l.scratch} {
+	for _, p := range append(append([]string(nil), l.staged...), l.merged, l.lower, mounts, l.scratch) {
 		if p == "" {
 			continue
 		}

@@ -102,6 +102,9 @@ func publishTree(build, final string, meta treeFile) error {
 	if err := os.WriteFile(filepath.Join(build, "tree.json"), b, 0o600); err != nil {
 		return fmt.Errorf("write tree.json: %w", err)
 	}
+	if err := sealTree(filepath.Join(build, "root")); err != nil {
+		return fmt.Errorf("make the image tree read-only: %w", err)
+	}
 	if err := os.Rename(build, final); err != nil {
 		return fmt.Errorf("publish rootfs: %w", err)
 	}

@@ -97,11 +97,15 @@
 //	                          layer-<hex>, tree-<name>
 //
 // Trees share inodes with their layers, so they must never be written:
-// the container mounts them as a read-only overlay lower. A loader killed
-// at any point leaves only its tmp/ entry, whose lock the kernel
-// released; the next Open (and GC, which reports it) removes it. A loader
-// waits for a layer lock only while it holds none, so loaders meeting the
-// same layers in a different order cannot deadlock. GC keeps the images
-// the source caches name and the trees of running containers (by chain
-// id); trees under rootfs/ are from an earlier layout and go once unused.
+// the container mounts them as a read-only overlay lower, and a published
+// tree is sealed (no owner write permission on its files and directories,
+// sealTree), so that not even its owner's tools change it by accident or
+// by a path the sandbox did not foresee; removeAllForce makes it writable
+// again before removing it. A loader killed at any point leaves only its
+// tmp/ entry, whose lock the kernel released; the next Open (and GC, which
+// reports it) removes it. A loader waits for a layer lock only while it
+// holds none, so loaders meeting the same layers in a different order
+// cannot deadlock. GC keeps the images the source caches name and the
+// trees of running containers (by chain id); trees under rootfs/ are from
+// an earlier layout and go once unused.
 package nixload

@@ -93,8 +93,9 @@ func TestLoadFormats(t *testing.T) {
 
 func assertBusyboxRoot(t *testing.T, img *Image) {
 	t.Helper()
+	// The tree is sealed: the image's modes without write permission.
 	st, err := os.Stat(filepath.Join(img.Rootfs, "bin/busybox"))
-	if err != nil || st.Mode().Perm() != 0o755 {
+	if err != nil || st.Mode().Perm() != 0o555 {
 		t.Fatalf("bin/busybox: %v %v", st, err)
 	}
 	if target, err := os.Readlink(filepath.Join(img.Rootfs, "bin/sh")); err != nil || target != "busybox" {
@@ -219,9 +220,19 @@ func TestImageModesInTheTree(t *testing.T) {
 		"sticky":                   os.ModeDir | os.ModeSticky | 0o777,
 		"later":                    os.ModeDir | 0o750,
 	} {
+		// The tree is sealed: the image's modes without the owner's
+		// write bit (sealTree).
+		want &^= 0o200
 		st, err := os.Lstat(filepath.Join(img.Rootfs, path))
 		if err != nil || st.Mode() != want {
 			t.Errorf("%s: mode %v (%v), want %v", path, st.Mode(), err, want)
+		}
+	}
+	// Read-only to its owner too: nothing is planted in a directory the
+	// image made writable (root ignores modes).
+	if os.Getuid() != 0 {
+		if err := os.WriteFile(filepath.Join(img.Rootfs, "nix/store/def-pkg/planted"), nil, 0o644); err == nil {
+			t.Error("a file was planted in a sealed tree")
 		}
 	}
 	// The layers themselves stay the store's to change and remove.
@@ -291,7 +302,7 @@ func TestModesAndXattrs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for path, want := range map[string]os.FileMode{"bin/su": 0o755, "bin/sg": 0o711, "shared": os.ModeDir | 0o775} {
+	for path, want := range map[string]os.FileMode{"bin/su": 0o555, "bin/sg": 0o511, "shared": os.ModeDir | 0o555} {
 		st, err := os.Stat(filepath.Join(img.Rootfs, path))
 		if err != nil || st.Mode()&(os.ModeType|os.ModePerm|os.ModeSetuid|os.ModeSetgid) != want {
 			t.Errorf("%s mode %v (%v), want %v", path, st.Mode(), err, want)

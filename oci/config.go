@@ -50,8 +50,11 @@ type Config struct {
 	Workdir    string // absolute host path, bound rw at the same path
 	Home       string // host dir; bound rw at HomeTarget
 	HomeTarget string // in-container path of $HOME
-	Volumes    []Volume
-	AllowNet   bool
+	// HomeIsOwn marks Home as the sandbox's own per-workdir home, which
+	// lives inside its cache (a Hide cover) by design.
+	HomeIsOwn bool
+	Volumes   []Volume
+	AllowNet  bool
 	// NetNS, without AllowNet, is a network namespace the container joins
 	// (a path that can be opened while the container starts): the
 	// allow-list's namespace, which package netfwd made and serves. ""
@@ -84,6 +87,9 @@ type Config struct {
 	Scratch string
 	// NewUserNS gives the container a nested user namespace (see doc.go).
 	NewUserNS bool
+	// Covers are what no command may reach or write, wherever the binds
+	// expose them (CoverPlan); package namespace mounts them.
+	Covers []Cover
 }
 
 // Limits are the resource limits of a container.

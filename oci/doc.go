@@ -3,9 +3,10 @@
 // processes, no environment reads. Everything here is tested by comparing specs.
 //
 // It owns the mount table, namespaces, id maps, capabilities, masked and
-// read-only paths, rlimits and the environment policy. It does not own how
-// the spec is started (package namespace) or where the rootfs comes from
-// (package nixload).
+// read-only paths, rlimits, the environment policy, and the plan of covers
+// for what the binds must not expose (CoverPlan; package namespace mounts
+// it). It does not own how the spec is started (package namespace) or
+// where the rootfs comes from (package nixload).
 //
 // Id mapping: by default the spec has no user namespace of its own. The
 // container is created by a supervisor that already sits alone in a user

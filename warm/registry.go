@@ -76,11 +76,13 @@ func AgentBinary(cacheRoot string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("copy the sandbox binary: %w", err)
 	}
-	defer os.RemoveAll(tmp)
+	defer removeWarmDir(tmp) // unless published; read-only by then
 	if err := copyExecutable("/proc/self/exe", filepath.Join(tmp, "lectic-nix-sandbox")); err != nil {
 		return "", err
 	}
-	if err := os.Chmod(tmp, 0o700); err != nil {
+	// Read-only to its owner too: the file is 0500, and its dir cannot
+	// gain another file.
+	if err := os.Chmod(tmp, 0o500); err != nil {
 		return "", fmt.Errorf("copy the sandbox binary: %w", err)
 	}
 	// A racing caller may have published the same build first; its copy is

@@ -91,6 +91,14 @@ func TestAgentBinary(t *testing.T) {
 	if len(ents) != 1 {
 		t.Fatalf("bin dir holds %d entries, want 1 (no temp dirs left)", len(ents))
 	}
+	// Its dir cannot gain a file either, and stays removable.
+	dir := filepath.Dir(paths[0])
+	if di, err := os.Stat(dir); err != nil || di.Mode().Perm()&0o222 != 0 {
+		t.Fatalf("the copy's dir: %v %v; want no write bits", di, err)
+	}
+	if err := removeWarmDir(dir); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // plainSpec is a warm spec whose agent runs without namespaces, so the

@@ -45,6 +45,10 @@ func runInSandbox(ctx context.Context, c sandboxCall) (int, error) {
 		c.opts.warnings = append(c.opts.warnings, warning) // the fast path says it too
 	}
 	target := homeTarget(c.caller)
+	if _, err := oci.CoverPlan(oci.Config{Workdir: c.workdir, Home: c.home, HomeTarget: target,
+		HomeIsOwn: c.opts.home == "", Volumes: c.volumes, Covers: c.covers}); err != nil {
+		return 0, err
+	}
 	shape := append(shapeParts(c, target), "seccomp="+filter.id,
 		fmt.Sprintf("limits=%d:%d:%d:%t:%s", limits.Pids, limits.Memory, storage, limits.Cgroup, limits.CgroupParent))
 	key := warm.Key(append(imageParts(c, buildID), shape...)...)
@@ -68,7 +72,9 @@ func runInSandbox(ctx context.Context, c sandboxCall) (int, error) {
 			Workdir:    c.workdir,
 			Home:       c.home,
 			HomeTarget: target,
+			HomeIsOwn:  c.opts.home == "",
 			Volumes:    c.volumes,
+			Covers:     c.covers,
 			AllowNet:   c.opts.allowNet,
 			ResolvConf: resolvConf(c.opts.allowNet),
 			NoFile:     noFileLimit(),
@@ -142,7 +148,7 @@ func shapeParts(c sandboxCall, homeTarget string) []string {
 	if c.opts.net != nil {
 		parts = append(parts, "allow="+c.opts.net.String())
 	}
-	return parts
+	return append(parts, coverKeyParts(c.covers)...)
 }
 
 // seccompChoice is --seccomp resolved: the policy and what the warm key

@@ -187,6 +187,10 @@ func runCommand(ctx context.Context, args []string, o options, r roots, stderr i
 	if err != nil {
 		return 0, err
 	}
+	covers := stateCovers(r)
+	if err := checkPersist(o.persist, covers); err != nil {
+		return 0, err
+	}
 	vols, err := resolveVolumes(o)
 	if err != nil {
 		return 0, err
@@ -210,6 +214,7 @@ func runCommand(ctx context.Context, args []string, o options, r roots, stderr i
 	return runInSandbox(ctx, sandboxCall{
 		opts: o, roots: r, image: choice, workdir: workdir, home: home,
 		volumes: vols, argv: argv, named: named, caller: currentCaller(), stderr: stderr, fast: fast,
+		covers: covers,
 	})
 }
 
@@ -220,6 +225,7 @@ type sandboxCall struct {
 	workdir string
 	home    string
 	volumes []oci.Volume
+	covers  []oci.Cover // what no command may reach or write (stateCovers)
 	argv    []string
 	named   []string // --env values, after the names LECTIC_NIX_SANDBOX_PASS_ENV lists
 	caller  caller

@@ -44,6 +44,16 @@ func resolve(dir string) (real string, missing []string, err error) {
 	}
 }
 
+// RealPath is the real path dir has, or would have once created: the
+// real path of its longest existing ancestor joined with the rest.
+func RealPath(dir string) (string, error) {
+	real, missing, err := resolve(dir)
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(append([]string{real}, missing...)...), nil
+}
+
 // judge applies the rules to one directory of a chain. own marks the
 // directory that will hold the state itself.
 func judge(path string, st *unix.Stat_t, own bool, uid int) error {
