@@ -63,7 +63,8 @@ func TestLecticYAML(t *testing.T) {
 	active := 0
 	examples := map[string]bool{"--persist": false, "--volume": false, "--warm-ttl-seconds": false, "--nix-packages-file": false,
 		"--allow-domain": false, "--add-host": false, "--allow-net": false,
-		"--timeout": false, "--max-warm": false, "--env": false, "--no-keep-warm": false}
+		"--timeout": false, "--max-warm": false, "--env": false, "--no-keep-warm": false,
+		"--allow-host-config-writes": false}
 	toolsBind := false
 	const example = `# sandbox: "'local:./lectic-nix-sandbox' `
 	for i, l := range lines {
@@ -87,6 +88,14 @@ func TestLecticYAML(t *testing.T) {
 			}
 			if strings.Contains(rest, "--volume $LECTIC_CONFIG/tools:$LECTIC_CONFIG/tools:ro") {
 				toolsBind = true
+			}
+			// A read-write bind there is refused: Lectic runs what it finds.
+			for _, w := range strings.Fields(strings.TrimSuffix(rest, `"`)) {
+				for _, dir := range []string{"$LECTIC_DATA", "$LECTIC_CONFIG", "$LECTIC_RUNTIME"} {
+					if strings.HasPrefix(w, dir) && !strings.HasSuffix(w, ":ro") {
+						t.Fatalf("line %d binds %s read-write, which the sandbox refuses: %q", i+1, dir, l)
+					}
+				}
 			}
 		}
 		if !strings.HasPrefix(l, "#") && l != "" && !strings.HasPrefix(l, "sandbox:") {

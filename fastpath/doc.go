@@ -45,6 +45,13 @@
 // the agent can report them; it prints the agent's notices as the Go
 // client does.
 //
+// A ticket's guard (Ticket.Guard) lists what the host runs later that the
+// call's binds could hold but did not: files that must stay absent and
+// directories whose *.lec files are known. One that exists before a call
+// sends the call to the Go client, which makes a container that covers
+// it; one a call creates is reported after the call, as the Go client
+// reports it. The covered files themselves are identity checks.
+//
 // # Cost
 //
 // The constructor's work is linear in what it reads: the environment and

@@ -18,6 +18,7 @@
  */
 #define _GNU_SOURCE
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -588,6 +589,7 @@ static const char *const config_env[] = {
 	"HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "LECTIC_CACHE", "LECTIC_DATA",
 	"LECTIC_TEMP", "TMPDIR", "USER", "LECTIC_NIX_SANDBOX_FLAKE", "PATH",
 	"LECTIC_NIX_SANDBOX_PASS_ENV", "LECTIC_CONFIG", "XDG_CONFIG_HOME",
+	"LECTIC_FILE", "LECTIC_RUNTIME",
 };
 
 static void material_prefix(struct call *c, struct sha256 *h)
@@ -685,6 +687,9 @@ struct ticket {
 	struct list warns;
 	struct check *checks;
 	int nchecks;
+	/* fastpath.Guard: paths that must stay absent, watched dirs
+	 * ("MTIME PATH") and the *.lec files they held */
+	struct list guards, lecdirs, lecs;
 };
 
 static void ticket_free(struct ticket *t)
@@ -692,7 +697,7 @@ static void ticket_free(struct ticket *t)
 	struct list *ls[] = {&t->env.pre, &t->env.keep, &t->env.set, &t->env.post,
 			     &t->env.hostonly, &t->env.hostonly_prefix, &t->env.internal_prefix,
 			     &t->env.secret_part, &t->env.secret_word, &t->env.secret_prefix,
-			     &t->env.url_credentials, &t->warns};
+			     &t->env.url_credentials, &t->warns, &t->guards, &t->lecdirs, &t->lecs};
 	size_t i;
 	for (i = 0; i < sizeof ls / sizeof ls[0]; i++)
 		free(ls[i]->v);
@@ -885,6 +890,93 @@ static int stat_state(const char *kind, const char *path, char *out, size_t len)
 	return 0;
 }
 
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static int known_lec(const struct ticket *t, const char *path)
+{
+	int i;
+	for (i = 0; i < t->lecs.n; i++)
+		if (!strcmp(t->lecs.v[i], path))
+			return 1;
+	return 0;
+}
+
+/*
+ * created is hostConfig.created: the guards that exist now and the *.lec
+ * files new at the top of a watched dir whose mtime changed. With out, it
+ * lists them (sorted, ", "-joined); it returns how many there are.
+ */
+static int created(const struct ticket *t, struct buf *out)
+{
+	struct list found = {0};
+	struct stat st;
+	int i, n;
+
+	for (i = 0; i < t->guards.n; i++)
+		if (!lstat(t->guards.v[i], &st))
+			list_add(&found, strdup(t->guards.v[i]));
+	for (i = 0; i < t->lecdirs.n; i++) {
+		char *end;
+		long long mtime = strtoll(t->lecdirs.v[i], &end, 10);
+		const char *dir = *end == ' ' ? end + 1 : "";
+		DIR *d;
+		struct dirent *e;
+		if (!*dir || lstat(dir, &st) ||
+		    (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec == mtime)
+			continue;
+		if (!(d = opendir(dir)))
+			continue;
+		while ((e = readdir(d))) {
+			size_t len = strlen(e->d_name);
+			char *p;
+			if (len < 5 || strcmp(e->d_name + len - 4, ".lec"))
+				continue;
+			if (asprintf(&p, "%s/%s", dir, e->d_name) < 0)
+				continue;
+			if (known_lec(t, p))
+				free(p);
+			else
+				list_add(&found, p);
+		}
+		closedir(d);
+	}
+	n = found.n;
+	if (out && n) {
+		qsort(found.v, n, sizeof *found.v, cmp_str);
+		for (i = 0; i < n; i++) {
+			if (i)
+				buf_str(out, ", ");
+			buf_str(out, found.v[i]);
+		}
+	}
+	for (i = 0; i < found.n; i++)
+		free((char *)found.v[i]);
+	free(found.v);
+	return n;
+}
+
+/* the ticket of the call in progress, for report_created */
+static const struct ticket *watched;
+
+/* report_created is cmd's reportCreated, after the call. */
+static void report_created(void)
+{
+	struct buf b = {0};
+	if (watched && created(watched, &b) && !b.oom)
+		say("lectic-nix-sandbox: warning: the command created %s, which the host may run later (Lectic, git, direnv or the shell read it); check it before you use it there", b.p);
+	free(b.p);
+}
+
+/* finish ends the call with code, reporting what it created first. */
+static void finish(int code)
+{
+	report_created();
+	_exit(code);
+}
+
 /*
  * MAX_POLICY bounds each policy list of a ticket: every variable of every
  * call is matched against them, so a ticket must not be able to make that
@@ -950,6 +1042,10 @@ static const char *parse_ticket(struct ticket *t)
 		} else if (!strcmp(p, "warn")) {
 			if (list_add(&t->warns, val))
 				return "out of memory";
+		} else if (!strcmp(p, "guard") || !strcmp(p, "lecdir") || !strcmp(p, "lec")) {
+			struct list *gl = p[0] == 'g' ? &t->guards : p[3] == 'd' ? &t->lecdirs : &t->lecs;
+			if (list_add(gl, val))
+				return "out of memory";
 		} else if ((l = recipe_list(&t->env, p))) {
 			if (!strncmp(p, "pol_", 4) && l->n >= MAX_POLICY)
 				return "the ticket's policy is too long";
@@ -977,6 +1073,10 @@ static const char *check_files(struct ticket *t)
 		if (stat_state(c->kind, c->path, state, sizeof state) || strcmp(state, c->want))
 			return "a file the image or the mounts depend on changed";
 	}
+	/* Something the host runs later appeared since: the Go client makes
+	 * a container that covers it. */
+	if (created(t, NULL))
+		return "a file the host runs later appeared in a bind";
 	return NULL;
 }
 
@@ -1571,6 +1671,7 @@ static int host_has(const char *path)
 
 static void agent_died(const char *why)
 {
+	report_created();
 	say("lectic-nix-sandbox: sandbox agent died during the call (%s); run again, the next call starts a fresh container", why);
 	_exit(EXIT_SANDBOX);
 }
@@ -1635,10 +1736,10 @@ static void follow(int fd, int sfd, long long timeout_ns)
 			if (strcmp(r.type, "exit"))
 				continue;
 			if (ended)
-				_exit(ended);
+				finish(ended);
 			if (r.signal > 0)
-				_exit(128 + (int)r.signal);
-			_exit((int)r.code & 0xff);
+				finish(128 + (int)r.signal);
+			finish((int)r.code & 0xff);
 		}
 	}
 }
@@ -1719,6 +1820,7 @@ static const char *run(struct ticket *t, struct request *req)
 		close(fds[3]); /* the agent has its own */
 	if (n != want)
 		goto unread;
+	watched = t; /* the command may run from here on */
 	got = recv_reply(fd, &r);
 	if (got < 0 && errno == ECONNRESET)
 		goto unread; /* the agent went away with the request unread */
@@ -1751,7 +1853,7 @@ static const char *run(struct ticket *t, struct request *req)
 		if (code != EXIT_SANDBOX && r.notice[0])
 			say("lectic-nix-sandbox: %s", r.notice);
 		say("lectic-nix-sandbox: %s", code != EXIT_SANDBOX && host_has(r.missing) && r.hint[0] ? r.hint : r.message);
-		_exit(code);
+		finish(code);
 	}
 	if (strcmp(r.type, "started")) {
 		say("lectic-nix-sandbox: sandbox agent answered \"%s\" to a run request", r.type);

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/statedir"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/termtext"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/testenv"
@@ -190,5 +192,51 @@ func TestWarningsArePrintable(t *testing.T) {
 	}
 	if got := "lectic-nix-sandbox: warning: " + termtext.Printable(warn) + "\n"; got != want {
 		t.Fatalf("the Go client prints %q, the fast path %q", got, want)
+	}
+}
+
+// TestGuards: a file the host runs later that a call creates in a bind is
+// reported after the call, once; one that exists before a call sends it
+// to the Go client, which makes a container that covers it.
+func TestGuards(t *testing.T) {
+	base := shortTempDir(t)
+	t.Setenv("LECTIC_TEMP", base)
+	t.Setenv("USER", "tester")
+	dir := Dir(goTempRoot(t, filepath.Join(base, "nix-sandbox"), filepath.Join(base, "cache", "nix-sandbox")))
+	wd := filepath.Join(base, "w")
+	os.Mkdir(wd, 0o755)
+	os.WriteFile(filepath.Join(wd, "old.lec"), nil, 0o644)
+	var st unix.Stat_t
+	unix.Lstat(wd, &st)
+	guard := Guard{Absent: []string{filepath.Join(wd, "lectic.yaml"), filepath.Join(wd, ".envrc")},
+		LecDirs: []LecDir{{Path: wd, Mtime: st.Mtim.Nano()}}, Lecs: []string{filepath.Join(wd, "old.lec")}}
+	sock := filepath.Join(base, "agent.sock")
+	head := `{"type":"run","proto":1,"build":"b1","cwd":"/w","user":{"mode":"caller","uid":1,"gid":1},"ttl_seconds":900}`
+	recipe := oci.NewEnvRecipe([]string{"PATH=/bin"}, nil, "/home/tester", "tester")
+	if err := Write(dir, Invocation{Options: []string{"--allow-net"}}, Ticket{Socket: sock, Request: []byte(head), Env: recipe, Guard: guard}); err != nil {
+		t.Fatal(err)
+	}
+	// The command creates lectic.yaml and a .lec file.
+	fakeAgent(t, sock, func(t testing.TB, fd int, _ map[string]any) {
+		send(t, fd, `{"type":"started","pid":42}`)
+		os.WriteFile(filepath.Join(wd, "lectic.yaml"), []byte("hooks: evil"), 0o644)
+		os.WriteFile(filepath.Join(wd, "new.lec"), nil, 0o644)
+		send(t, fd, `{"type":"exit","code":0}`)
+	})
+	c := runChild(t, []string{"--allow-net", "true"}, []string{ModeEnv + "=require"}, nil)
+	want := "lectic-nix-sandbox: warning: the command created " + filepath.Join(wd, "lectic.yaml") + ", " + filepath.Join(wd, "new.lec") +
+		", which the host may run later (Lectic, git, direnv or the shell read it); check it before you use it there\n"
+	if c.code != 0 || c.stderr != want {
+		t.Fatalf("exit %d, stderr %q; want %q", c.code, c.stderr, want)
+	}
+	// The next call is the Go client's: it covers what appeared.
+	c = runChild(t, []string{"--allow-net", "true"}, []string{ModeEnv + "=require"}, nil)
+	if c.code != 125 || !strings.Contains(c.stderr, "a file the host runs later appeared in a bind") {
+		t.Fatalf("exit %d, stderr %q; want the fast path not taken", c.code, c.stderr)
+	}
+	os.Remove(filepath.Join(wd, "lectic.yaml"))
+	c = runChild(t, []string{"--allow-net", "true"}, []string{ModeEnv + "=require"}, nil)
+	if c.code != 125 || !strings.Contains(c.stderr, "a file the host runs later appeared in a bind") {
+		t.Fatalf("a new .lec file: exit %d, stderr %q; want the fast path not taken", c.code, c.stderr)
 	}
 }

@@ -136,6 +136,25 @@ type Ticket struct {
 	Timeout  time.Duration
 	Warnings []string
 	Checks   []Check
+	// Guard lists what the host runs later and the call's binds could
+	// hold, absent when the ticket was written: present before a call,
+	// the ticket is not used; created by the call, it is reported.
+	Guard Guard
+}
+
+// Guard is the watch on what the host runs later (see Ticket.Guard).
+type Guard struct {
+	Absent []string // must stay absent
+	// LecDirs are directories whose *.lec files are watched: with their
+	// mtime (ns) then, and Lecs, the *.lec files they held.
+	LecDirs []LecDir
+	Lecs    []string
+}
+
+// LecDir is a watched directory and its mtime when the ticket was made.
+type LecDir struct {
+	Path  string
+	Mtime int64
 }
 
 // ErrRacy means a file the ticket depends on changed too recently for its
@@ -164,6 +183,7 @@ var configEnv = []string{
 	"HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "LECTIC_CACHE", "LECTIC_DATA",
 	"LECTIC_TEMP", "TMPDIR", "USER", "LECTIC_NIX_SANDBOX_FLAKE", "PATH",
 	"LECTIC_NIX_SANDBOX_PASS_ENV", "LECTIC_CONFIG", "XDG_CONFIG_HOME",
+	"LECTIC_FILE", "LECTIC_RUNTIME",
 }
 
 func currentProcess() (process, error) {
@@ -248,6 +268,15 @@ func encode(t Ticket) ([]byte, error) {
 	recs = append(recs, recipeRecords(t.Env)...)
 	for _, c := range t.Checks {
 		recs = append(recs, "check "+string(c.Kind)+" "+c.State+" "+c.Path)
+	}
+	for _, p := range t.Guard.Absent {
+		recs = append(recs, "guard "+p)
+	}
+	for _, d := range t.Guard.LecDirs {
+		recs = append(recs, "lecdir "+strconv.FormatInt(d.Mtime, 10)+" "+d.Path)
+	}
+	for _, p := range t.Guard.Lecs {
+		recs = append(recs, "lec "+p)
 	}
 	for _, r := range recs {
 		if err := rec(r); err != nil {

@@ -524,3 +524,185 @@ func TestStateUnreachable(t *testing.T) {
 		}
 	})
 }
+
+// hostConfigProbe tries to change, from inside, what the host runs
+// later, and what a command must still be able to do.
+const hostConfigProbe = `
+try() { name=$1; shift; echo "$name=$( ("$@") 2>&1 | tail -1 | sed 's/.*: //')"; }
+try lectic-yaml sh -c 'echo "hooks: evil" >> lectic.yaml'
+try lec sh -c 'echo evil >> chat.lec'
+try hook sh -c 'echo evil > .git/hooks/pre-commit'
+try git-config sh -c 'echo "[core] fsmonitor = evil" >> .git/config'
+try envrc sh -c 'echo evil >> .envrc'
+try image sh -c 'echo evil >> image.tar'
+try file sh -c 'echo evil >> sub/conv.lec'
+try nearest sh -c 'echo evil >> sub/lectic.yaml'
+try git-move sh -c 'mv .git .git-aside'
+try commit sh -c 'echo obj > .git/objects/x && echo ref > .git/refs/heads/main && cat .git/objects/x'
+try free sh -c 'echo ok > notes.txt && cat notes.txt'
+`
+
+// TestHostConfigReadOnly: what the host runs later (lectic.yaml, the .lec
+// files, .git/hooks and .git/config, .envrc, the image file in use, the
+// conversation Lectic names and its lectic.yaml) is read-only inside the
+// workdir on both paths, while .git stays writable so commits work;
+// --allow-host-config-writes turns it off.
+func TestHostConfigReadOnly(t *testing.T) {
+	forEachUser(t, func(t *testing.T, u *testUser) {
+		wd := u.workdir(t)
+		files := map[string]string{"lectic.yaml": "host", "chat.lec": "host", ".git/hooks/pre-commit": "host",
+			".git/config": "host", ".envrc": "host", "sub/conv.lec": "host", "sub/lectic.yaml": "host"}
+		for _, d := range []string{".git/hooks", ".git/objects", ".git/refs/heads", "sub"} {
+			os.MkdirAll(filepath.Join(wd, d), 0o755)
+		}
+		for f, c := range files {
+			os.WriteFile(filepath.Join(wd, f), []byte(c), 0o644)
+		}
+		img := filepath.Join(wd, "image.tar")
+		data, _ := os.ReadFile(suite.images["busybox"])
+		os.WriteFile(img, data, 0o644)
+		filepath.Walk(wd, func(p string, _ os.FileInfo, _ error) error { return os.Lchown(p, u.uid, u.gid) })
+		settle(t, img)
+		env := []string{"LECTIC_FILE=" + filepath.Join(wd, "sub", "conv.lec")}
+		probe := func(mode []string, extra ...string) map[string]string {
+			args := append(append([]string{"--image", img}, extra...), "sh", "-c", hostConfigProbe)
+			r := u.run(context.Background(), t, runOpts{dir: wd, env: append(append([]string(nil), env...), mode...)}, args...)
+			if r.code != 0 {
+				t.Fatalf("%v: %v", mode, r)
+			}
+			got := map[string]string{}
+			for _, l := range strings.Split(r.stdout, "\n") {
+				if k, v, ok := strings.Cut(l, "="); ok {
+					got[k] = v
+				}
+			}
+			return got
+		}
+		for _, mode := range [][]string{nil, require} {
+			got := probe(mode)
+			for _, k := range []string{"lectic-yaml", "lec", "hook", "git-config", "envrc", "image", "file", "nearest"} {
+				if got[k] != "Read-only file system" {
+					t.Errorf("%v: %s = %q, want it read-only", mode, k, got[k])
+				}
+			}
+			if got["git-move"] != "Device or resource busy" || got["commit"] != "obj" || got["free"] != "ok" {
+				t.Errorf("%v: git-move %q, commit %q, free %q", mode, got["git-move"], got["commit"], got["free"])
+			}
+		}
+		for f, c := range files {
+			if b, _ := os.ReadFile(filepath.Join(wd, f)); string(b) != c {
+				t.Errorf("%s changed on the host: %q", f, b)
+			}
+		}
+		// Turned off, they are the command's to change.
+		got := probe(nil, "--allow-host-config-writes")
+		if got["lectic-yaml"] != "" || got["hook"] != "" {
+			t.Errorf("--allow-host-config-writes: lectic-yaml %q hook %q", got["lectic-yaml"], got["hook"])
+		}
+	})
+}
+
+// TestHostConfigCreatedIsReported: a protected name that a command creates
+// where none existed is reported on the caller's stderr after that call,
+// on either path, and read-only from the next call on.
+func TestHostConfigCreatedIsReported(t *testing.T) {
+	forEachUser(t, func(t *testing.T, u *testUser) {
+		wd := u.workdir(t)
+		img := privateImage(t, u)
+		settle(t, img)
+		call := func(mode []string, cmd string) result {
+			return u.run(context.Background(), t, runOpts{dir: wd, env: mode}, "--image", img, "sh", "-c", cmd)
+		}
+		wantOK(t, call(nil, "true"))
+		wantOK(t, call(require, "true"))
+		for i, tc := range []struct {
+			mode []string
+			name string
+		}{{require, ".envrc"}, {nil, "lectic.yaml"}, {require, "evil.lec"}} {
+			r := call(tc.mode, "echo evil > "+tc.name)
+			want := "lectic-nix-sandbox: warning: the command created " + filepath.Join(wd, tc.name) + ", which the host may run later"
+			if r.code != 0 || !strings.HasPrefix(r.stderr, want) || strings.Count(r.stderr, "\n") != 1 {
+				t.Fatalf("%d %v: creating %s: %v", i, tc.mode, tc.name, r)
+			}
+			r = call(nil, "echo more >> "+tc.name)
+			if r.code == 0 || !strings.Contains(r.stderr, "Read-only file system") || strings.Contains(r.stderr, "created") {
+				t.Fatalf("%d: the next call could change %s: %v", i, tc.name, r)
+			}
+			wantOK(t, call(require, "true"))
+		}
+	})
+}
+
+// TestHostConfigBindsRefused: a read-write volume or --persist under
+// LECTIC_CONFIG, LECTIC_DATA or LECTIC_RUNTIME is refused with one line;
+// read-only, it is fine.
+func TestHostConfigBindsRefused(t *testing.T) {
+	forEachUser(t, func(t *testing.T, u *testUser) {
+		wd := u.workdir(t)
+		cfg := filepath.Join(u.home, ".config", "lectic")
+		runtime := filepath.Join(wd, "runtime")
+		for _, d := range []string{cfg, filepath.Join(u.data, "tools"), runtime} {
+			os.MkdirAll(d, 0o755)
+			chown(t, u, d)
+		}
+		env := []string{"LECTIC_RUNTIME=" + runtime}
+		for _, args := range [][]string{
+			{"--volume", cfg + ":/cfg"},
+			{"--volume", filepath.Join(u.data, "tools")},
+			{"--volume", runtime + ":/rt:rw"},
+			{"--persist", filepath.Join(u.data, "nix-sandbox", "Assistant")},
+		} {
+			r := u.sandbox(t, wd, runOpts{env: env}, append(args, "true")...)
+			wantSandboxError(t, r, "must stay read-only in the sandbox")
+		}
+		if _, err := os.Lstat(filepath.Join(u.data, "nix-sandbox")); err == nil {
+			t.Error("a refused --persist dir was created")
+		}
+		wantOK(t, u.sandbox(t, wd, runOpts{env: env}, "--volume", cfg+":/cfg:ro", "true"))
+		wantOK(t, u.sandbox(t, wd, runOpts{env: env}, "--allow-host-config-writes", "--volume", cfg+":/cfg", "true"))
+	})
+}
+
+// TestRecreatedWorkdir: a workdir or volume removed and made again on the
+// host is seen as it is now by the next call, on both paths: the warm
+// container that bound the old one is replaced.
+func TestRecreatedWorkdir(t *testing.T) {
+	forEachUser(t, func(t *testing.T, u *testUser) {
+		wd := u.workdir(t)
+		vol := u.workdir(t)
+		img := privateImage(t, u)
+		settle(t, img)
+		call := func(mode []string) result {
+			return u.run(context.Background(), t, runOpts{dir: wd, env: mode}, "--image", img, "-v", vol+":/data",
+				"sh", "-c", "echo w > result.txt && echo v > /data/result.txt && echo done")
+		}
+		wantOK(t, call(nil))
+		wantOK(t, call(require))
+		for round, mode := range [][]string{nil, require} {
+			for _, d := range []string{wd, vol} {
+				os.RemoveAll(d)
+				os.Mkdir(d, 0o755)
+				chown(t, u, d)
+			}
+			r := call(mode)
+			if mode != nil {
+				// The fast path hands over to the Go client, which replaces
+				// the container.
+				wantSandboxError(t, r, "the fast path was not taken")
+				r = call(nil)
+			}
+			if r.code != 0 || r.stdout != "done\n" {
+				t.Fatalf("round %d: after recreating the dirs: %v", round, r)
+			}
+			for _, f := range []string{filepath.Join(wd, "result.txt"), filepath.Join(vol, "result.txt")} {
+				if _, err := os.Stat(f); err != nil {
+					t.Fatalf("round %d: %v", round, err)
+				}
+			}
+			wantOK(t, call(require))
+		}
+		if ws := u.warmFor(t, wd); len(ws) != 1 {
+			t.Fatalf("want the one replaced container, got %+v", ws)
+		}
+	})
+}

@@ -302,7 +302,8 @@ func TestModesAndXattrs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for path, want := range map[string]os.FileMode{"bin/su": 0o555, "bin/sg": 0o511, "shared": os.ModeDir | 0o555} {
+	// The tree is sealed: no owner write bit (sealTree).
+	for path, want := range map[string]os.FileMode{"bin/su": 0o555, "bin/sg": 0o511, "shared": os.ModeDir | 0o575} {
 		st, err := os.Stat(filepath.Join(img.Rootfs, path))
 		if err != nil || st.Mode()&(os.ModeType|os.ModePerm|os.ModeSetuid|os.ModeSetgid) != want {
 			t.Errorf("%s mode %v (%v), want %v", path, st.Mode(), err, want)

@@ -18,6 +18,7 @@ import (
 const (
 	envAgent   = "_LECTIC_NIX_SANDBOX_AGENT"
 	envBuild   = "_LECTIC_NIX_SANDBOX_BUILD"
+	envMounts  = "_LECTIC_NIX_SANDBOX_MOUNTS"
 	envTTL     = "_LECTIC_NIX_SANDBOX_TTL"
 	envOneShot = "_LECTIC_NIX_SANDBOX_ONESHOT"
 	// envWatch names the fd of the supervisor's watch pipe: when it hangs
@@ -69,6 +70,7 @@ type agent struct {
 	lfd     int
 	watchFD int // the supervisor's watch pipe; -1 without one
 	build   string
+	mounts  string // Spec.Mounts of the container, which requests must match
 	oneShot bool
 	created time.Time
 	reaper  *reaper
@@ -124,6 +126,7 @@ func newAgentFromEnv() (*agent, error) {
 		_ = unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 	}
 	a := newAgent(os.Getenv(envBuild), time.Duration(ttl)*time.Second, os.Getenv(envOneShot) != "")
+	a.mounts = os.Getenv(envMounts)
 	a.lfd = listenFD
 	if v := os.Getenv(envReports); v != "" {
 		fd, err := strconv.Atoi(v)
@@ -474,6 +477,14 @@ func (a *agent) checkRun(c conn, m *message, fds []int) bool {
 	if m.Proto != Proto || (a.build != "" && m.Build != a.build) {
 		_ = c.send(&message{Type: msgError, Code: 125, Reason: reasonMismatch, Proto: Proto, Build: a.build,
 			Message: fmt.Sprintf("agent speaks protocol %d build %q, client protocol %d build %q", Proto, a.build, m.Proto, m.Build)})
+		return false
+	}
+	if !a.isHelper && m.Mounts != a.mounts {
+		// What the binds show changed on the host (a workdir removed and
+		// made again, a protected file that appeared): this container
+		// shows the old state, so the client replaces it.
+		_ = c.send(&message{Type: msgError, Code: 125, Reason: reasonMismatch, Proto: Proto, Build: a.build,
+			Message: "the container's mounts are outdated"})
 		return false
 	}
 	if m.TTLSeconds != nil {

@@ -76,6 +76,12 @@ type Spec struct {
 	// temp root, this one counted: when this container starts, the least
 	// recently used others are stopped. 0 = no limit.
 	MaxWarm int
+	// Mounts names the state of the host paths the container binds and
+	// covers (their identities, which protected files exist), as
+	// MountItems; a request with an item the container lacks replaces it
+	// (MountsCovered), so a call never runs in a container that shows a
+	// deleted workdir or lacks a cover.
+	Mounts string
 	// TicketDir holds the fast-path tickets (package fastpath) of calls
 	// that may name this container. When the container ends, its
 	// supervisor removes the tickets whose agent socket is gone, so
@@ -321,7 +327,8 @@ func call(c conn, r Request, m *message, bodyFD int) (int, error) {
 func runMessage(s Spec, r Request) *message {
 	ttl := int64(s.TTL / time.Second)
 	m := &message{Type: msgRun, Proto: Proto, Build: s.BuildID, Argv: r.Argv, Env: r.Env, Withheld: r.Withheld,
-		Cwd: r.Cwd, User: &r.User, TTLSeconds: &ttl, StackLimit: stackLimit()}
+		Cwd: r.Cwd, User: &r.User, TTLSeconds: &ttl, StackLimit: stackLimit(),
+		Mounts: s.Mounts}
 	if r.KillAfter != 0 {
 		ms := max(int64(r.KillAfter/time.Millisecond), 0)
 		m.KillAfterMs = &ms

@@ -40,7 +40,10 @@
 // command's process group. "status"
 // and "stop" messages serve List and Stop. The run message carries Proto
 // and the build id: an agent of another protocol or build answers with a
-// mismatch error and the client replaces it. A repeated invocation may make
+// mismatch error and the client replaces it; so does one whose container
+// was made for other mounts (Spec.Mounts: the binds' identities, the
+// protected files that existed), so no call runs in a container that shows
+// a deleted workdir or lacks a cover. A repeated invocation may make
 // the same call from C before the Go runtime starts (package fastpath, fed
 // by FastRequest and Spec.TicketDir); the agent cannot tell the two apart.
 //

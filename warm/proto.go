@@ -91,6 +91,9 @@ type message struct {
 	// ending signal (SIGTERM, SIGINT, SIGHUP) before it gets SIGKILL;
 	// absent means DefaultKillAfter.
 	KillAfterMs *int64 `json:"kill_after_ms,omitempty"`
+	// Mounts is Spec.Mounts: an agent whose container was made for other
+	// mounts answers with a mismatch.
+	Mounts string `json:"mounts,omitempty"`
 
 	// A run message's cwd, argv, environment and withheld names are byte
 	// strings (package execargs), not JSON text: its body. The header

@@ -374,6 +374,7 @@ func agentEnv(s Spec) []string {
 	env := []string{
 		envAgent + "=1",
 		envBuild + "=" + s.BuildID,
+		envMounts + "=" + s.Mounts,
 		envTTL + "=" + strconv.FormatInt(int64(s.TTL/time.Second), 10),
 		"PATH=/usr/local/bin:/usr/bin:/bin",
 	}

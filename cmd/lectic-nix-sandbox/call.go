@@ -45,8 +45,10 @@ func runInSandbox(ctx context.Context, c sandboxCall) (int, error) {
 		c.opts.warnings = append(c.opts.warnings, warning) // the fast path says it too
 	}
 	target := homeTarget(c.caller)
+	hc := hostConfigCovers(c.opts, c.rwRoots(), c.imageSource(), os.Getenv)
+	covers := append(append([]oci.Cover(nil), c.covers...), hc.covers...)
 	if _, err := oci.CoverPlan(oci.Config{Workdir: c.workdir, Home: c.home, HomeTarget: target,
-		HomeIsOwn: c.opts.home == "", Volumes: c.volumes, Covers: c.covers}); err != nil {
+		HomeIsOwn: c.opts.home == "", Volumes: c.volumes, Covers: covers}); err != nil {
 		return 0, err
 	}
 	shape := append(shapeParts(c, target), "seccomp="+filter.id,
@@ -59,6 +61,7 @@ func runInSandbox(ctx context.Context, c sandboxCall) (int, error) {
 		TTL:     time.Duration(c.opts.warmTTL) * time.Second,
 		OneShot: !c.opts.keepWarm,
 		BuildID: buildID,
+		Mounts:  mountsDigest(c.bindSources(), c.covers, hc),
 		Image:   c.image.label,
 		ChainID: c.image.img.ChainID,
 		Workdir: c.workdir,
@@ -74,7 +77,7 @@ func runInSandbox(ctx context.Context, c sandboxCall) (int, error) {
 			HomeTarget: target,
 			HomeIsOwn:  c.opts.home == "",
 			Volumes:    c.volumes,
-			Covers:     c.covers,
+			Covers:     covers,
 			AllowNet:   c.opts.allowNet,
 			ResolvConf: resolvConf(c.opts.allowNet),
 			NoFile:     noFileLimit(),
@@ -108,9 +111,58 @@ func runInSandbox(ctx context.Context, c sandboxCall) (int, error) {
 	}
 	if c.fast != nil {
 		spec.TicketDir = c.fast.dir
-		c.fast.write(c, spec, req, recipe)
 	}
-	return warm.Run(ctx, c.roots.temp, spec, req)
+	code, err := warm.Run(ctx, c.roots.temp, spec, req)
+	reportCreated(c.stderr, hc.created())
+	// The ticket is left once the call made it through the container: a
+	// container replaced on the way (another build, outdated mounts) has
+	// its tickets pruned by its supervisor as it goes, which must not
+	// take this call's along.
+	if c.fast != nil && err == nil {
+		c.fast.write(c, spec, req, recipe, hc)
+	}
+	return code, err
+}
+
+// rwRoots are the read-write binds' sources, where the command may
+// create or change what the host runs later.
+func (c sandboxCall) rwRoots() []string {
+	roots := []string{c.workdir}
+	if c.opts.home != "" {
+		roots = append(roots, c.home)
+	}
+	for _, v := range c.volumes {
+		if !v.ReadOnly {
+			roots = append(roots, v.Source)
+		}
+	}
+	return roots
+}
+
+// bindSources are every user bind's source, whose identity the
+// container's mounts depend on.
+func (c sandboxCall) bindSources() []string {
+	srcs := []string{c.workdir, c.home}
+	for _, v := range c.volumes {
+		srcs = append(srcs, v.Source)
+	}
+	return srcs
+}
+
+// imageSource names the files the image is made from.
+func (c sandboxCall) imageSource() imageSource {
+	var s imageSource
+	switch {
+	case c.opts.image == "host":
+	case c.opts.image != "":
+		s.file = c.opts.image
+	default:
+		if dir, ok := strings.CutPrefix(c.image.label, "path:"); ok {
+			s.flakeDir, _, _ = strings.Cut(dir, "?")
+		}
+		s.packages = c.opts.packagesFile
+	}
+	return s
 }
 
 // namedEnv is the --env values after the names LECTIC_NIX_SANDBOX_PASS_ENV
@@ -139,6 +191,7 @@ func shapeParts(c sandboxCall, homeTarget string) []string {
 		"workdir=" + c.workdir,
 		"home=" + c.home + ":" + homeTarget,
 		"net=" + strconv.FormatBool(c.opts.allowNet),
+		"hostcfg=" + strconv.FormatBool(c.opts.allowHostConfig),
 		"user=" + c.opts.user,
 		"uid=" + strconv.Itoa(c.caller.uid) + ":" + strconv.Itoa(c.caller.gid) + ":" + c.caller.name,
 	}

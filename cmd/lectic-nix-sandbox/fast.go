@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/fastpath"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/nixload"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/oci"
@@ -32,8 +34,18 @@ func fastCallFor(args []string, o options, r roots, stderr io.Writer) *fastCall 
 		return nil
 	}
 	fc := &fastCall{dir: fastpath.Dir(r.temp), inv: fastpath.Invocation{Options: args[:o.optWords], Terminated: o.terminated}}
-	// The mounts: what the paths the user gave resolve to.
-	for _, p := range mountPaths(o) {
+	// The mounts: what the paths the user gave resolve to, and the
+	// current directory when it is the workdir (removed and made again,
+	// it is another directory, which the container must bind anew).
+	paths := mountPaths(o)
+	if o.workdir == "" {
+		wd, err := unix.Getwd()
+		if err != nil {
+			return nil
+		}
+		paths = append(paths, wd)
+	}
+	for _, p := range paths {
 		abs, err := filepath.Abs(p)
 		if err != nil {
 			continue
@@ -130,7 +142,7 @@ func mountPaths(o options) []string {
 // write leaves the ticket for the next identical invocation. It is only an
 // optimisation: when it cannot be written (a file changed too recently, a
 // temp dir that is not private) the next call simply takes the slow path.
-func (fc *fastCall) write(c sandboxCall, s warm.Spec, r warm.Request, env oci.EnvRecipe) {
+func (fc *fastCall) write(c sandboxCall, s warm.Spec, r warm.Request, env oci.EnvRecipe, hc hostConfig) {
 	sock, msg, err := warm.FastRequest(c.roots.temp, s, r)
 	if err != nil {
 		return
@@ -139,7 +151,20 @@ func (fc *fastCall) write(c sandboxCall, s warm.Spec, r warm.Request, env oci.En
 	if c.image.label == "host" {
 		checks = append(checks, fc.host...) // empty unless the flake fell back
 	}
+	// A covered file replaced on the host (an editor's atomic save) is
+	// another mount: its identity is checked like the binds'.
+	for _, cv := range hc.covers {
+		ch, err := fastpath.Observe(fastpath.Identity, cv.Path)
+		if err != nil {
+			return
+		}
+		checks = append(checks, ch)
+	}
+	g := fastpath.Guard{Absent: hc.guards, Lecs: hc.lecs}
+	for _, d := range hc.lecDirs {
+		g.LecDirs = append(g.LecDirs, fastpath.LecDir{Path: d.path, Mtime: d.mtime})
+	}
 	_ = fastpath.Write(fc.dir, fc.inv, fastpath.Ticket{
-		Socket: sock, Request: msg, Cwd: r.Cwd, Env: env, Timeout: r.Timeout, Warnings: c.opts.warnings, Checks: checks,
+		Socket: sock, Request: msg, Cwd: r.Cwd, Env: env, Timeout: r.Timeout, Warnings: c.opts.warnings, Checks: checks, Guard: g,
 	})
 }

@@ -17,6 +17,9 @@ type options struct {
 	persist  string
 	home     string
 	allowNet bool
+	// allowHostConfig turns off the protection of files the host runs
+	// later (hostConfigCovers): --allow-host-config-writes.
+	allowHostConfig bool
 	// net is the allow-list from --allow-domain, --deny-domain and
 	// --add-host; nil when none was given.
 	net          *netpolicy.Policy
@@ -130,6 +133,7 @@ var flagTable = []flagSpec{
 	{names: []string{"-p", "--persist"}, takesValue: true, apply: func(o *options, _, v string) error { o.persist = v; return nil }},
 	{names: []string{"--home"}, takesValue: true, apply: func(o *options, _, v string) error { o.home = v; return nil }},
 	{names: []string{"--allow-net"}, apply: func(o *options, _, _ string) error { o.allowNet = true; return nil }},
+	{names: []string{"--allow-host-config-writes"}, apply: func(o *options, _, _ string) error { o.allowHostConfig = true; return nil }},
 	{names: []string{"--allow-domain"}, takesValue: true, apply: netFlag((*netpolicy.Policy).Allow)},
 	{names: []string{"--deny-domain"}, takesValue: true, apply: netFlag((*netpolicy.Policy).Deny)},
 	{names: []string{"--add-host"}, takesValue: true, apply: netFlag((*netpolicy.Policy).AddHost)},
@@ -356,6 +360,11 @@ Sandbox:
       --allow-net              share the host's whole network, including services on
                                its loopback and abstract unix sockets (default:
                                loopback only; prefer --allow-domain)
+      --allow-host-config-writes
+                               let the command write what the host runs later:
+                               lectic.yaml, *.lec, .git/hooks, .git/config, .envrc,
+                               the flake and packages file in use, LECTIC_CONFIG
+                               (default: read-only inside)
       --user MODE              caller (default: your own uid/gid, no capabilities),
                                root, image (the image's User), NAME or UID[:GID]
       --env NAME[=VALUE]       pass NAME from the host, or set it (repeatable)
