@@ -215,7 +215,7 @@ func (u *testUser) bareExecEnv(home, wd string) []string {
 		"LECTIC_CACHE="+home+"/.cache/lectic",
 		"LECTIC_STATE="+home+"/.local/state/lectic",
 		"LECTIC_TEMP=/tmp/lectic",
-		"LECTIC_FILE="+wd+"/chat.lec",
+		"LECTIC_FILE="+wd+"/sub/chat.lec",
 		"LECTIC_INTERLOCUTOR=Assistant")
 }
 
@@ -309,6 +309,11 @@ func TestMCPAndExecShareAContainer(t *testing.T) {
 				f := newFakeTmp(t, u, runtimeDir)
 				home := f.home(u)
 				wd := u.workdir(t)
+				// The conversation, which exec tools name in LECTIC_FILE and
+				// MCP servers do not: the containers must still be one.
+				os.Mkdir(filepath.Join(wd, "sub"), 0o755)
+				os.WriteFile(filepath.Join(wd, "sub", "chat.lec"), []byte("---\n"), 0o644)
+				chown(t, u, filepath.Join(wd, "sub"), filepath.Join(wd, "sub", "chat.lec"))
 				img := privateImage(t, u)
 				settle(t, img)
 				exec, mcp := u.bareExecEnv(home, wd), u.bareMCPEnv(home)

@@ -479,7 +479,7 @@ func (a *agent) checkRun(c conn, m *message, fds []int) bool {
 			Message: fmt.Sprintf("agent speaks protocol %d build %q, client protocol %d build %q", Proto, a.build, m.Proto, m.Build)})
 		return false
 	}
-	if !a.isHelper && m.Mounts != a.mounts {
+	if !a.isHelper && !MountsCovered(m.Mounts, a.mounts) {
 		// What the binds show changed on the host (a workdir removed and
 		// made again, a protected file that appeared): this container
 		// shows the old state, so the client replaces it.

@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -37,6 +38,37 @@ func Key(parts ...string) string {
 		fmt.Fprintf(h, "%d:%s\x00", len(p), p)
 	}
 	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+// MountItems is Spec.Mounts for items that each name one thing a
+// container's mounts depend on: a sorted list of their short hashes.
+func MountItems(items []string) string {
+	hashes := make([]string, 0, len(items))
+	for _, it := range items {
+		hashes = append(hashes, Key(it))
+	}
+	sort.Strings(hashes)
+	return strings.Join(hashes, ",")
+}
+
+// MountsCovered reports whether a container made for the mounts have
+// serves a request for want: every item of want is one of have's (a
+// request that knows less, an MCP server's, is served by a container made
+// for more).
+func MountsCovered(want, have string) bool {
+	if want == have {
+		return true
+	}
+	if want == "" {
+		return true
+	}
+	items := strings.Split(have, ",")
+	for _, w := range strings.Split(want, ",") {
+		if i := sort.SearchStrings(items, w); i >= len(items) || items[i] != w {
+			return false
+		}
+	}
+	return true
 }
 
 // BuildID identifies the executable at exe by its size, mtime, inode and

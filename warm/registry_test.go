@@ -322,3 +322,24 @@ func TestListStopPrune(t *testing.T) {
 		t.Fatalf("List after Stop = %+v", infos)
 	}
 }
+
+func TestMountsCovered(t *testing.T) {
+	exec := MountItems([]string{"bind=/w=1:2", "cover=/w/lectic.yaml=1:3", "cover=/w/sub/chat.lec=1:4"})
+	mcp := MountItems([]string{"bind=/w=1:2", "cover=/w/lectic.yaml=1:3"})
+	moved := MountItems([]string{"bind=/w=1:9", "cover=/w/lectic.yaml=1:3"})
+	tests := []struct {
+		want, have string
+		ok         bool
+	}{
+		{exec, exec, true},
+		{mcp, exec, true},    // an MCP server's call in an exec tool's container
+		{exec, mcp, false},   // an exec tool's call needs its conversation covered
+		{moved, exec, false}, // the workdir was made again
+		{"", exec, true},
+	}
+	for i, tt := range tests {
+		if got := MountsCovered(tt.want, tt.have); got != tt.ok {
+			t.Errorf("%d: MountsCovered = %v, want %v", i, got, tt.ok)
+		}
+	}
+}

@@ -307,7 +307,10 @@ func underAny(p string, roots []string) bool {
 
 // mountsDigest names what a container's mounts show: the identity of
 // each bind's source and of each covered path, and which protected paths
-// are absent. warm.Spec.Mounts.
+// are absent, one short hash per item (warm.Spec.Mounts). Items, not one
+// hash: an MCP server's call knows no LECTIC_FILE and protects less than
+// an exec tool's, and is served by a container made for the exec tool,
+// whose items include its own (warm.MountsCovered).
 func mountsDigest(sources []string, covers []oci.Cover, hc hostConfig) string {
 	var parts []string
 	id := func(p string, follow bool) string {
@@ -332,5 +335,5 @@ func mountsDigest(sources []string, covers []oci.Cover, hc hostConfig) string {
 	for _, g := range hc.guards {
 		parts = append(parts, "guard="+g)
 	}
-	return warm.Key(parts...)
+	return warm.MountItems(parts)
 }
