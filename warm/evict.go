@@ -3,12 +3,9 @@ package warm
 import (
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"sort"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // evict runs in the supervisor of a new container, once it is ready. It
@@ -24,16 +21,12 @@ func evict(tempRoot string, s Spec, log io.Writer) {
 	}
 	// One pass at a time: two containers starting together must not each
 	// count the other's victims as still there.
-	lock, err := os.OpenFile(filepath.Join(warmRoot(tempRoot), "evict.lock"), os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+	lock, err := lockPath(evictLockPath(tempRoot))
 	if err != nil {
 		fmt.Fprintln(log, "lectic-nix-sandbox supervisor: evict:", err)
 		return
 	}
-	defer lock.Close()
-	if err := flock(lock, unix.LOCK_EX); err != nil {
-		fmt.Fprintln(log, "lectic-nix-sandbox supervisor: evict:", err)
-		return
-	}
+	defer lock.unlock()
 	replaced, idle := evictionCandidates(tempRoot, s)
 	for _, k := range replaced {
 		letGo(tempRoot, k, "replaced by "+s.Key, log)
@@ -46,6 +39,8 @@ func evict(tempRoot string, s Spec, log io.Writer) {
 		letGo(tempRoot, c.key, fmt.Sprintf("least recently used of more than %d idle", s.MaxWarm), log)
 	}
 }
+
+func evictLockPath(tempRoot string) string { return filepath.Join(warmRoot(tempRoot), "evict.lock") }
 
 // idleContainer is a warm container with no request running.
 type idleContainer struct {

@@ -160,6 +160,7 @@ func Stop(tempRoot, key string) error {
 		errs = append(errs, stopOne(tempRoot, k))
 	}
 	errs = append(errs, removeOrphanLocks(tempRoot))
+	removeLockFile(evictLockPath(tempRoot))
 	return errors.Join(errs...)
 }
 

@@ -190,7 +190,13 @@ func lockKey(tempRoot, key string) (*fileLock, error) {
 	if err := os.MkdirAll(warmRoot(tempRoot), 0o700); err != nil {
 		return nil, fmt.Errorf("create %s: %w", warmRoot(tempRoot), err)
 	}
-	path := keyLockPath(tempRoot, key)
+	return lockPath(keyLockPath(tempRoot, key))
+}
+
+// lockPath takes an exclusive flock on the file at path, made if missing.
+// Whoever removes such a file does it while holding the lock, so a lock
+// taken on a file that was unlinked meanwhile is retried on the new one.
+func lockPath(path string) (*fileLock, error) {
 	for {
 		f, err := openState(path, os.O_RDWR|os.O_CREATE)
 		if err != nil {
@@ -204,6 +210,21 @@ func lockKey(tempRoot, key string) (*fileLock, error) {
 			return &fileLock{f: f}, nil
 		}
 		f.Close()
+	}
+}
+
+// removeLockFile deletes the lock file at path unless someone holds it.
+func removeLockFile(path string) {
+	f, err := statedir.OpenRegular(path, os.O_RDWR, 0)
+	if err != nil {
+		if errors.Is(err, statedir.ErrNotRegular) {
+			_ = os.Remove(path)
+		}
+		return
+	}
+	defer f.Close()
+	if flock(f, unix.LOCK_EX|unix.LOCK_NB) == nil && samePath(f, path) {
+		_ = os.Remove(path)
 	}
 }
 
