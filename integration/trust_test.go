@@ -544,20 +544,35 @@ try file sh -c 'echo evil >> sub/conv.lec'
 try nearest sh -c 'echo evil >> sub/lectic.yaml'
 try git-move sh -c 'mv .git .git-aside'
 try commit sh -c 'echo obj > .git/objects/x && echo ref > .git/refs/heads/main && cat .git/objects/x'
+try husky sh -c 'echo evil >> .husky/pre-commit'
+try submodule-hook sh -c 'echo evil > .git/modules/lib/hooks/pre-commit'
+try nested-hook sh -c 'echo evil > src/proj/.git/hooks/pre-commit'
+try nested-config sh -c 'echo "[core] fsmonitor = evil" >> src/proj/.git/config'
+try nested-lec sh -c 'echo evil >> notes/old.lec'
+try nested-yaml sh -c 'echo evil >> notes/deep/lectic.yaml'
+try nested-move sh -c 'mv src/proj/.git src/proj/.git-aside'
+try nested-commit sh -c 'echo obj > src/proj/.git/objects/x && cat src/proj/.git/objects/x'
 try free sh -c 'echo ok > notes.txt && cat notes.txt'
 `
 
 // TestHostConfigReadOnly: what the host runs later (lectic.yaml, the .lec
 // files, .git/hooks and .git/config, .envrc, the image file in use, the
 // conversation Lectic names and its lectic.yaml) is read-only inside the
-// workdir on both paths, while .git stays writable so commits work;
-// --allow-host-config-writes turns it off.
+// workdir on both paths, below its top too (a repository in a subdir, as
+// in a workdir of $HOME; a submodule's git dir; the hooks dir
+// core.hooksPath names, as husky sets it; .lec files in a subdir), while
+// .git stays writable so commits work; --allow-host-config-writes turns
+// it off.
 func TestHostConfigReadOnly(t *testing.T) {
 	forEachUser(t, func(t *testing.T, u *testUser) {
 		wd := u.workdir(t)
 		files := map[string]string{"lectic.yaml": "host", "chat.lec": "host", ".git/hooks/pre-commit": "host",
-			".git/config": "host", ".envrc": "host", "sub/conv.lec": "host", "sub/lectic.yaml": "host"}
-		for _, d := range []string{".git/hooks", ".git/objects", ".git/refs/heads", "sub"} {
+			".git/config": "[core]\n\thooksPath = .husky\n", ".envrc": "host", "sub/conv.lec": "host", "sub/lectic.yaml": "host",
+			".husky/pre-commit": "host", ".git/modules/lib/HEAD": "host", ".git/modules/lib/config": "host",
+			"lib/.git": "gitdir: ../.git/modules/lib\n", "src/proj/.git/config": "host",
+			"notes/old.lec": "host", "notes/deep/lectic.yaml": "host"}
+		for _, d := range []string{".git/hooks", ".git/objects", ".git/refs/heads", "sub", ".husky", ".git/modules/lib/hooks",
+			"lib", "src/proj/.git/hooks", "src/proj/.git/objects", "notes/deep"} {
 			os.MkdirAll(filepath.Join(wd, d), 0o755)
 		}
 		for f, c := range files {
@@ -585,13 +600,16 @@ func TestHostConfigReadOnly(t *testing.T) {
 		}
 		for _, mode := range [][]string{nil, require} {
 			got := probe(mode)
-			for _, k := range []string{"lectic-yaml", "lec", "hook", "git-config", "envrc", "image", "file", "nearest"} {
+			for _, k := range []string{"lectic-yaml", "lec", "hook", "git-config", "envrc", "image", "file", "nearest",
+				"husky", "submodule-hook", "nested-hook", "nested-config", "nested-lec", "nested-yaml"} {
 				if got[k] != "Read-only file system" {
 					t.Errorf("%v: %s = %q, want it read-only", mode, k, got[k])
 				}
 			}
-			if got["git-move"] != "Device or resource busy" || got["commit"] != "obj" || got["free"] != "ok" {
-				t.Errorf("%v: git-move %q, commit %q, free %q", mode, got["git-move"], got["commit"], got["free"])
+			if got["git-move"] != "Device or resource busy" || got["nested-move"] != "Device or resource busy" ||
+				got["commit"] != "obj" || got["nested-commit"] != "obj" || got["free"] != "ok" {
+				t.Errorf("%v: git-move %q, nested-move %q, commit %q, nested-commit %q, free %q", mode,
+					got["git-move"], got["nested-move"], got["commit"], got["nested-commit"], got["free"])
 			}
 		}
 		for f, c := range files {
@@ -613,6 +631,11 @@ func TestHostConfigReadOnly(t *testing.T) {
 func TestHostConfigCreatedIsReported(t *testing.T) {
 	forEachUser(t, func(t *testing.T, u *testUser) {
 		wd := u.workdir(t)
+		// A conversation in a subdir: a lectic.yaml made beside it would
+		// be the one a Lectic run of it reads.
+		os.Mkdir(filepath.Join(wd, "notes"), 0o755)
+		os.WriteFile(filepath.Join(wd, "notes", "old.lec"), []byte("---\n"), 0o644)
+		chown(t, u, filepath.Join(wd, "notes"), filepath.Join(wd, "notes", "old.lec"))
 		img := privateImage(t, u)
 		settle(t, img)
 		call := func(mode []string, cmd string) result {
@@ -623,7 +646,7 @@ func TestHostConfigCreatedIsReported(t *testing.T) {
 		for i, tc := range []struct {
 			mode []string
 			name string
-		}{{require, ".envrc"}, {nil, "lectic.yaml"}, {require, "evil.lec"}} {
+		}{{require, ".envrc"}, {nil, "lectic.yaml"}, {require, "evil.lec"}, {require, "notes/lectic.yaml"}} {
 			r := call(tc.mode, "echo evil > "+tc.name)
 			want := "lectic-nix-sandbox: warning: the command created " + filepath.Join(wd, tc.name) + ", which the host may run later"
 			if r.code != 0 || !strings.HasPrefix(r.stderr, want) || strings.Count(r.stderr, "\n") != 1 {

@@ -45,7 +45,7 @@ func runInSandbox(ctx context.Context, c sandboxCall) (int, error) {
 		c.opts.warnings = append(c.opts.warnings, warning) // the fast path says it too
 	}
 	target := homeTarget(c.caller)
-	hc := hostConfigCovers(c.opts, c.rwRoots(), c.imageSource(), os.Getenv)
+	hc := hostConfigCovers(c.opts, c.rwRoots(), c.imageSource(), os.Getenv, c.covers)
 	covers := append(append([]oci.Cover(nil), c.covers...), hc.covers...)
 	if _, err := oci.CoverPlan(oci.Config{Workdir: c.workdir, Home: c.home, HomeTarget: target,
 		HomeIsOwn: c.opts.home == "", Volumes: c.volumes, Covers: covers}); err != nil {

@@ -108,74 +108,73 @@ type imageSource struct {
 	packages string // --nix-packages-file
 }
 
+// Below the top of a read-write bind, what the host runs later is looked
+// for nestedDepth directories deep (a workdir of $HOME holds repositories
+// at ~/src/NAME or ~/src/github.com/NAME, notes at ~/notes/*.lec), reading
+// at most scanBudget directories per call, breadth first, so a huge tree
+// costs a bounded time and the shallow levels are always seen.
+const (
+	nestedDepth = 3
+	scanBudget  = 2048
+)
+
+// scanSkip are directories never searched: package trees and caches,
+// large and holding nothing a user runs Lectic or git from.
+var scanSkip = map[string]bool{"node_modules": true, ".cache": true, ".npm": true, ".cargo": true,
+	".rustup": true, ".venv": true, "venv": true, "__pycache__": true, ".direnv": true, ".tox": true,
+	".gradle": true, ".m2": true, ".nix-defexpr": true, ".nix-profile": true}
+
 // hostConfigCovers finds what the host runs later under the read-write
-// binds roots (real paths), unless --allow-host-config-writes.
-func hostConfigCovers(o options, roots []string, img imageSource, getenv func(string) string) hostConfig {
+// binds roots (real paths), unless --allow-host-config-writes. state are
+// the sandbox's own covers: hidden dirs are not searched.
+func hostConfigCovers(o options, roots []string, img imageSource, getenv func(string) string, state []oci.Cover) hostConfig {
 	var hc hostConfig
 	if o.allowHostConfig {
 		return hc
 	}
-	seen := map[string]bool{}
-	protect := func(p string) {
-		if seen[p] || !underAny(p, roots) {
-			return
-		}
-		seen[p] = true
-		var st os.FileInfo
-		st, err := os.Lstat(p)
-		switch {
-		case err != nil:
-			hc.guards = append(hc.guards, p)
-		case st.Mode().IsRegular() || st.IsDir():
-			hc.covers = append(hc.covers, oci.Cover{Path: p, Why: "a file the host runs later", Refuse: hostRefuse})
-		case st.Mode()&os.ModeSymlink != 0:
-			// A link cannot be bound over; what it points to can.
-			if real, err := filepath.EvalSymlinks(p); err == nil && !seen[real] && underAny(real, roots) {
-				seen[real] = true
-				hc.covers = append(hc.covers, oci.Cover{Path: real, Why: "a file the host runs later", Refuse: hostRefuse})
-			}
+	pr := &protector{hc: &hc, roots: roots, seen: map[string]bool{}, budget: scanBudget, getenv: getenv}
+	for _, c := range state {
+		if c.Hide {
+			pr.skip = append(pr.skip, c.Path)
 		}
 	}
 	home := realOrEmpty(getenv("HOME"))
 	for _, root := range roots {
-		protect(filepath.Join(root, "lectic.yaml"))
-		protect(filepath.Join(root, ".envrc"))
-		git := filepath.Join(root, ".git")
-		if st, err := os.Lstat(git); err == nil && st.IsDir() {
-			protect(filepath.Join(git, "hooks"))
-			protect(filepath.Join(git, "config"))
-		} else {
-			// Absent: watched. A file: the gitdir it names is git's.
-			protect(git)
-		}
+		pr.protect(filepath.Join(root, "lectic.yaml"))
+		pr.protect(filepath.Join(root, ".envrc"))
+		pr.protectRepo(root, true)
 		if root == home {
 			for _, f := range homeDotfiles {
-				protect(filepath.Join(root, f))
+				pr.protect(filepath.Join(root, f))
 			}
 		}
-		hc.watchLecs(root, protect)
+		pr.scan(root)
+	}
+	// The hooks dir a global git config names (core.hooksPath = ~/.githooks).
+	if home != "" {
+		for _, cfg := range []string{filepath.Join(home, ".gitconfig"), filepath.Join(xdgConfigHome(getenv), "git", "config")} {
+			if hp := pr.hooksPath(cfg, home); hp != "" {
+				pr.protect(hp)
+			}
+		}
 	}
 	// The conversation in use and the lectic.yaml files Lectic reads for it.
 	if f := realOrEmpty(getenv("LECTIC_FILE")); f != "" && underAny(f, roots) {
-		protect(f)
+		pr.protect(f)
 		for dir := filepath.Dir(f); underAny(dir, roots); dir = filepath.Dir(dir) {
-			protect(filepath.Join(dir, "lectic.yaml"))
+			pr.protect(filepath.Join(dir, "lectic.yaml"))
 			if dir == "/" {
 				break
 			}
 		}
 	}
 	// Lectic's own directories.
-	for _, d := range []string{lecticConfigDir(getenv), getenv("LECTIC_RUNTIME")} {
-		if real := realOrEmpty(d); real != "" {
-			hc.covers = append(hc.covers, oci.Cover{Path: real, Why: "Lectic's configuration", Refuse: hostRefuse})
-		}
-	}
+	hc.covers = append(hc.covers, lecticConfigCovers(o, getenv)...)
 	// The image's sources: editing them changes the image every container
 	// of it runs.
 	for _, p := range []string{img.file, img.packages} {
 		if real := realOrEmpty(p); real != "" {
-			protect(real)
+			pr.protect(real)
 		}
 	}
 	if dir := realOrEmpty(img.flakeDir); dir != "" && underAny(dir, roots) {
@@ -186,14 +185,14 @@ func hostConfigCovers(o options, roots []string, img imageSource, getenv func(st
 			whole = whole && !underAny(r, []string{dir})
 		}
 		if whole {
-			protect(dir)
+			pr.protect(dir)
 		} else {
 			for _, f := range []string{"flake.nix", "flake.lock"} {
-				protect(filepath.Join(dir, f))
+				pr.protect(filepath.Join(dir, f))
 			}
 			if nix, err := filepath.Glob(filepath.Join(dir, "*.nix")); err == nil {
 				for _, f := range nix {
-					protect(f)
+					pr.protect(f)
 				}
 			}
 		}
@@ -201,25 +200,297 @@ func hostConfigCovers(o options, roots []string, img imageSource, getenv func(st
 	return hc
 }
 
-// watchLecs covers the *.lec files at the top of root and watches it for
-// new ones.
-func (hc *hostConfig) watchLecs(root string, protect func(string)) {
-	var st unix.Stat_t
-	if err := unix.Lstat(root, &st); err != nil {
+// lecticConfigCovers are LECTIC_CONFIG and LECTIC_RUNTIME, read-only
+// wherever a bind holds them (Lectic runs the plugins, lectic-NAME
+// programs and lectic.yaml files it finds there), unless
+// --allow-host-config-writes.
+func lecticConfigCovers(o options, getenv func(string) string) []oci.Cover {
+	if o.allowHostConfig {
+		return nil
+	}
+	var covers []oci.Cover
+	for _, d := range []string{lecticConfigDir(getenv), getenv("LECTIC_RUNTIME")} {
+		if real := realOrEmpty(d); real != "" {
+			covers = append(covers, oci.Cover{Path: real, Why: "Lectic's configuration", Refuse: hostRefuse})
+		}
+	}
+	return covers
+}
+
+// protector collects a hostConfig: what to cover, what to guard.
+type protector struct {
+	hc     *hostConfig
+	roots  []string
+	skip   []string // hidden state dirs, never searched
+	seen   map[string]bool
+	budget int // directories scan may still read
+	getenv func(string) string
+}
+
+// protect covers p read-only when it exists and watches it (a guard) when
+// it does not.
+func (pr *protector) protect(p string) { pr.add(p, true) }
+
+// protectExisting covers p when it exists; an absent p is not watched.
+func (pr *protector) protectExisting(p string) { pr.add(p, false) }
+
+func (pr *protector) add(p string, guard bool) {
+	if pr.seen[p] || !underAny(p, pr.roots) {
 		return
 	}
-	ents, err := os.ReadDir(root)
+	st, err := os.Lstat(p)
+	switch {
+	case err != nil:
+		if guard {
+			pr.seen[p] = true
+			pr.hc.guards = append(pr.hc.guards, p)
+		}
+	case st.Mode().IsRegular() || st.IsDir():
+		pr.seen[p] = true
+		pr.hc.covers = append(pr.hc.covers, oci.Cover{Path: p, Why: "a file the host runs later", Refuse: hostRefuse})
+	case st.Mode()&os.ModeSymlink != 0:
+		// A link cannot be bound over; what it points to can.
+		pr.seen[p] = true
+		if real, err := filepath.EvalSymlinks(p); err == nil && !pr.seen[real] && underAny(real, pr.roots) {
+			pr.seen[real] = true
+			pr.hc.covers = append(pr.hc.covers, oci.Cover{Path: real, Why: "a file the host runs later", Refuse: hostRefuse})
+		}
+	}
+}
+
+// protectRepo protects what git runs for the work tree dir: its git dir's
+// hooks and config, the hooks dir core.hooksPath names (husky's .husky),
+// and the git dirs of its submodules. The rest of .git stays writable, so
+// commits work. top marks a bind's root, whose absent .git is watched.
+func (pr *protector) protectRepo(dir string, top bool) {
+	git := filepath.Join(dir, ".git")
+	st, err := os.Lstat(git)
+	switch {
+	case err == nil && st.IsDir():
+		pr.protectGitDir(git, git, dir)
+	case err == nil && st.Mode().IsRegular():
+		// A submodule's or a worktree's: "gitdir: PATH". The file itself
+		// is covered, so it cannot be pointed elsewhere.
+		pr.protect(git)
+		if gitdir := readGitdir(git); gitdir != "" {
+			common := gitdir
+			if b, err := statedir.ReadRegular(filepath.Join(gitdir, "commondir"), 4096); err == nil {
+				c := strings.TrimSpace(string(b))
+				if !filepath.IsAbs(c) {
+					c = filepath.Join(gitdir, c)
+				}
+				common = realOrEmpty(c)
+			}
+			if common != "" {
+				pr.protectGitDir(gitdir, common, dir)
+			}
+		}
+	case top:
+		// Absent: watched. (Anything else there is not a repository.)
+		pr.protect(git)
+	}
+}
+
+// protectGitDir protects the git dir of the work tree worktree: common
+// is where hooks and config live (a worktree shares its main git dir's).
+func (pr *protector) protectGitDir(gitdir, common, worktree string) {
+	pr.protect(filepath.Join(common, "hooks"))
+	pr.protect(filepath.Join(common, "config"))
+	if gitdir != common {
+		pr.protectExisting(filepath.Join(gitdir, "config.worktree"))
+	}
+	if hp := pr.hooksPath(filepath.Join(common, "config"), worktree); hp != "" {
+		pr.protect(hp)
+	}
+	pr.protectModules(filepath.Join(common, "modules"), 0)
+}
+
+// protectModules protects the git dirs of submodules under a git dir's
+// modules/ (a submodule's name may have slashes; its own submodules are
+// in its modules/).
+func (pr *protector) protectModules(dir string, depth int) {
+	if depth > 2*nestedDepth || pr.budget <= 0 {
+		return
+	}
+	pr.budget--
+	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return
 	}
-	hc.lecDirs = append(hc.lecDirs, lecDir{path: root, mtime: st.Mtim.Nano()})
 	for _, e := range ents {
-		if strings.HasSuffix(e.Name(), ".lec") {
-			p := filepath.Join(root, e.Name())
-			hc.lecs = append(hc.lecs, p)
-			protect(p)
+		if !e.IsDir() {
+			continue
+		}
+		p := filepath.Join(dir, e.Name())
+		if _, err := os.Lstat(filepath.Join(p, "HEAD")); err == nil {
+			pr.protectGitDir(p, p, "")
+		} else {
+			pr.protectModules(p, depth+1)
 		}
 	}
+}
+
+// hooksPath is the real path of the hooks dir core.hooksPath names in the
+// git config file cfg, a relative one against worktree ("": none), or "".
+func (pr *protector) hooksPath(cfg, worktree string) string {
+	hp := gitConfigValue(cfg, "core", "hookspath")
+	switch {
+	case hp == "":
+		return ""
+	case hp == "~" || strings.HasPrefix(hp, "~/"):
+		home := pr.getenv("HOME")
+		if home == "" {
+			return ""
+		}
+		hp = filepath.Join(home, hp[1:])
+	case !filepath.IsAbs(hp):
+		if worktree == "" {
+			return ""
+		}
+		hp = filepath.Join(worktree, hp)
+	}
+	real, err := statedir.RealPath(hp)
+	if err != nil {
+		return ""
+	}
+	return real
+}
+
+// scan searches root's tree, breadth first, nestedDepth levels below its
+// top, for what the host runs later: repositories (protectRepo),
+// lectic.yaml, .envrc and *.lec files, covered where they exist. Where a
+// .lec file is, the lectic.yaml files a Lectic run of it could read (the
+// nearest one above it) are watched where absent. The *.lec files at the
+// top are watched for new ones too (lecDirs).
+func (pr *protector) scan(root string) {
+	type dirAt struct {
+		path  string
+		depth int
+	}
+	var rootSt unix.Stat_t
+	if err := unix.Lstat(root, &rootSt); err != nil {
+		return
+	}
+	queue := []dirAt{{root, 0}}
+	for len(queue) > 0 && pr.budget > 0 {
+		d := queue[0]
+		queue = queue[1:]
+		pr.budget--
+		ents, err := os.ReadDir(d.path)
+		if err != nil {
+			continue
+		}
+		if d.depth == 0 {
+			pr.hc.lecDirs = append(pr.hc.lecDirs, lecDir{path: root, mtime: rootSt.Mtim.Nano()})
+		}
+		hasLec := false
+		for _, e := range ents {
+			name := e.Name()
+			p := filepath.Join(d.path, name)
+			switch {
+			case strings.HasSuffix(name, ".lec"):
+				hasLec = true
+				if d.depth == 0 {
+					pr.hc.lecs = append(pr.hc.lecs, p)
+				}
+				pr.protectExisting(p)
+			case d.depth == 0:
+				// The top's lectic.yaml, .envrc and .git: hostConfigCovers.
+			case name == ".git":
+				pr.protectRepo(d.path, false)
+			case name == "lectic.yaml" || name == ".envrc":
+				pr.protectExisting(p)
+			}
+			if e.IsDir() && name != ".git" && d.depth < nestedDepth && !scanSkip[name] && !slices.Contains(pr.skip, p) {
+				queue = append(queue, dirAt{p, d.depth + 1})
+			}
+		}
+		if hasLec {
+			for dir := d.path; dir != root && underAny(dir, []string{root}); dir = filepath.Dir(dir) {
+				pr.protect(filepath.Join(dir, "lectic.yaml"))
+			}
+		}
+	}
+}
+
+// readGitdir is the real path a .git file names ("gitdir: PATH", relative
+// to the file's dir), or "".
+func readGitdir(file string) string {
+	b, err := statedir.ReadRegular(file, 4096)
+	if err != nil {
+		return ""
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	dir, ok := strings.CutPrefix(strings.TrimSpace(line), "gitdir:")
+	if !ok {
+		return ""
+	}
+	dir = strings.TrimSpace(dir)
+	if !filepath.IsAbs(dir) {
+		dir = filepath.Join(filepath.Dir(file), dir)
+	}
+	return realOrEmpty(dir)
+}
+
+// gitConfigValue is the last value of section.key (both lower case) in
+// the git config file path, or "": enough of git's syntax for core
+// settings (sections, quoted values, comments); includes are not
+// followed.
+func gitConfigValue(path, section, key string) string {
+	b, err := statedir.ReadRegular(path, 1<<20)
+	if err != nil {
+		return ""
+	}
+	var cur, val string
+	for _, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if strings.HasPrefix(line, "[") {
+			end := strings.IndexByte(line, ']')
+			if end < 0 {
+				continue
+			}
+			name, _, _ := strings.Cut(strings.TrimSpace(line[1:end]), " ")
+			cur = strings.ToLower(strings.TrimSpace(name))
+			line = strings.TrimSpace(line[end+1:])
+		}
+		if cur != section || line == "" || line[0] == '#' || line[0] == ';' {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok || strings.ToLower(strings.TrimSpace(k)) != key {
+			continue
+		}
+		val = gitConfigString(strings.TrimSpace(v))
+	}
+	return val
+}
+
+// gitConfigString unquotes a git config value and drops a trailing
+// comment.
+func gitConfigString(v string) string {
+	var b strings.Builder
+	quoted := false
+	for i := 0; i < len(v); i++ {
+		switch c := v[i]; {
+		case c == '"':
+			quoted = !quoted
+		case c == '\\' && i+1 < len(v):
+			i++
+			switch v[i] {
+			case 'n':
+				b.WriteByte('\n')
+			case 't':
+				b.WriteByte('\t')
+			default:
+				b.WriteByte(v[i])
+			}
+		case (c == '#' || c == ';') && !quoted:
+			return strings.TrimSpace(b.String())
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return strings.TrimSpace(b.String())
 }
 
 // created lists what the snapshot did not have and the host would run:
@@ -271,14 +542,22 @@ func lecticConfigDir(getenv func(string) string) string {
 	if d := getenv("LECTIC_CONFIG"); d != "" {
 		return d
 	}
-	base := getenv("XDG_CONFIG_HOME")
-	if base == "" {
-		if getenv("HOME") == "" {
-			return ""
-		}
-		base = filepath.Join(getenv("HOME"), ".config")
+	if base := xdgConfigHome(getenv); base != "" {
+		return filepath.Join(base, "lectic")
 	}
-	return filepath.Join(base, "lectic")
+	return ""
+}
+
+// xdgConfigHome is $XDG_CONFIG_HOME, by default ~/.config ("" with no
+// HOME either).
+func xdgConfigHome(getenv func(string) string) string {
+	if d := getenv("XDG_CONFIG_HOME"); d != "" {
+		return d
+	}
+	if getenv("HOME") == "" {
+		return ""
+	}
+	return filepath.Join(getenv("HOME"), ".config")
 }
 
 func realOrEmpty(p string) string {
