@@ -683,8 +683,13 @@ func TestHostConfigBindsRefused(t *testing.T) {
 			r := u.sandbox(t, wd, runOpts{env: env}, append(args, "true")...)
 			wantSandboxError(t, r, "must stay read-only in the sandbox")
 		}
-		if _, err := os.Lstat(filepath.Join(u.data, "nix-sandbox")); err == nil {
-			t.Error("a refused --persist dir was created")
+		// Refused before it is made, under any of them.
+		for _, dir := range []string{filepath.Join(u.data, "nix-sandbox"), filepath.Join(cfg, "persist")} {
+			r := u.sandbox(t, wd, runOpts{env: env}, "--persist", dir, "true")
+			wantSandboxError(t, r, "must stay read-only in the sandbox")
+			if _, err := os.Lstat(dir); err == nil {
+				t.Errorf("the refused --persist dir %s was created", dir)
+			}
 		}
 		wantOK(t, u.sandbox(t, wd, runOpts{env: env}, "--volume", cfg+":/cfg:ro", "true"))
 		wantOK(t, u.sandbox(t, wd, runOpts{env: env}, "--allow-host-config-writes", "--volume", cfg+":/cfg", "true"))

@@ -188,11 +188,17 @@ func runCommand(ctx context.Context, args []string, o options, r roots, stderr i
 		return 0, err
 	}
 	covers := stateCovers(r)
-	if err := checkPersist(o.persist, covers); err != nil {
+	// Binds that must stay read-only are refused before anything is
+	// created (--persist makes its dir) or built.
+	early := append(append([]oci.Cover(nil), covers...), lecticConfigCovers(o, os.Getenv)...)
+	if err := checkPersist(o.persist, early); err != nil {
 		return 0, err
 	}
 	vols, err := resolveVolumes(o)
 	if err != nil {
+		return 0, err
+	}
+	if _, err := oci.CoverPlan(oci.Config{Workdir: workdir, Volumes: vols, Covers: early}); err != nil {
 		return 0, err
 	}
 	store, err := openStore(r, o)
