@@ -359,6 +359,55 @@ func TestMCPAndExecShareAContainer(t *testing.T) {
 	}
 }
 
+// TestOtherTempRootHidden: an MCP server's temp root (/tmp/lectic, the
+// caller's own here) lies in the workdir (/tmp) of an exec tool whose
+// calls use another ($TMPDIR/lectic). A command of the exec tool can
+// neither see nor change it, so it cannot plant a listener where the MCP
+// server's next call looks for its agent; on both paths.
+func TestOtherTempRootHidden(t *testing.T) {
+	forEachUser(t, func(t *testing.T, u *testUser) {
+		f := newFakeTmp(t, u, false)
+		lectic := filepath.Join(f.tmp, "lectic")
+		os.Chmod(lectic, 0o700)
+		chown(t, u, lectic)
+		tmpdir := filepath.Join(f.tmp, "x"+strconv.Itoa(u.uid))
+		os.Mkdir(tmpdir, 0o700)
+		chown(t, u, tmpdir)
+		home := f.home(u)
+		img := privateImage(t, u)
+		settle(t, img)
+		wd := u.workdir(t)
+		mcp := u.bareMCPEnv(home)
+		if r := f.call(t, u, wd, mcp, "--image", img, "true"); r.code != 0 {
+			t.Fatalf("the MCP server's call: %v", r)
+		}
+		exec := append(u.bareExecEnv(home, wd), "TMPDIR=/tmp/"+filepath.Base(tmpdir), "LECTIC_TEMP=/tmp/"+filepath.Base(tmpdir)+"/lectic")
+		probe := `t=/tmp/lectic/nix-sandbox
+echo "ls=$(ls -A $t 2>&1 | tr '\n' ,)"
+echo "plant=$( (mkdir -p $t/fast && echo x > $t/fast/ticket) 2>&1 | tail -1 | sed 's/.*: //')"
+echo "move=$( (mv /tmp/lectic /tmp/lectic-aside) 2>&1 | sed 's/.*: //')"`
+		for _, mode := range [][]string{nil, require} {
+			r := f.call(t, u, "/tmp", append(append([]string(nil), exec...), mode...), "--image", img, "sh", "-c", probe)
+			if r.code != 0 {
+				t.Fatalf("%v: %v", mode, r)
+			}
+			for _, want := range []string{"ls=\n", "plant=Read-only file system\n", "move=Device or resource busy\n"} {
+				if !strings.Contains(r.stdout, want) {
+					t.Errorf("%v: want %q in %q", mode, want, r.stdout)
+				}
+			}
+		}
+		if _, err := os.Lstat(filepath.Join(lectic, "nix-sandbox", "fast", "ticket")); err == nil {
+			t.Error("a ticket was planted in the MCP server's temp root")
+		}
+		for _, env := range [][]string{mcp, exec} {
+			if r := f.call(t, u, wd, env, "--stop", "all"); r.code != 0 {
+				t.Fatalf("--stop all: %v", r)
+			}
+		}
+	})
+}
+
 // TestFIFOTicket: a FIFO named like a ticket (or left where a lock goes)
 // hangs nothing: neither the call, on either path, nor --list, --prune and
 // --stop all, which also leaves no lock files behind.

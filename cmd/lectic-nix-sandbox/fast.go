@@ -151,14 +151,21 @@ func (fc *fastCall) write(c sandboxCall, s warm.Spec, r warm.Request, env oci.En
 	if c.image.label == "host" {
 		checks = append(checks, fc.host...) // empty unless the flake fell back
 	}
-	// A covered file replaced on the host (an editor's atomic save) is
-	// another mount: its identity is checked like the binds'.
-	for _, cv := range hc.covers {
+	// A covered file replaced on the host (an editor's atomic save), or a
+	// state dir made since (another temp root), is another mount: its
+	// identity is checked like the binds'.
+	for _, cv := range append(append([]oci.Cover(nil), c.covers...), hc.covers...) {
 		ch, err := fastpath.Observe(fastpath.Identity, cv.Path)
 		if err != nil {
 			return
 		}
 		checks = append(checks, ch)
+	}
+	for _, dir := range tempCandidates(c.roots) {
+		// Unreachable (another user's), it is nothing to this call.
+		if ch, err := fastpath.Observe(fastpath.Identity, dir); err == nil {
+			checks = append(checks, ch)
+		}
 	}
 	g := fastpath.Guard{Absent: hc.guards, Lecs: hc.lecs}
 	for _, d := range hc.lecDirs {

@@ -30,6 +30,9 @@ func stateCovers(r roots) []oci.Cover {
 		{Path: r.temp, Hide: true, Why: "the sandbox's temp dir"},
 		{Path: r.cache, Hide: true, Why: "the sandbox's cache"},
 	}
+	for _, dir := range otherTemps(r) {
+		covers = append(covers, oci.Cover{Path: dir, Hide: true, Why: "a temp dir of the sandbox's"})
+	}
 	if exe, err := os.Executable(); err == nil {
 		if real, err := filepath.EvalSymlinks(exe); err == nil {
 			covers = append(covers, oci.Cover{Path: real, Why: "the sandbox binary"})
@@ -42,6 +45,45 @@ func stateCovers(r roots) []oci.Cover {
 		}
 	}
 	return covers
+}
+
+// otherTemps are the temp roots other calls of this user may have used,
+// whichever this call uses: an MCP server's command gets /tmp/lectic, and
+// the fallbacks are per user. Hidden too, a command cannot plant a
+// listener where a later call of another kind looks for its agent (the
+// peer check cannot tell: the command runs as the caller). Only those
+// that exist and are the caller's count (one of another user's holds
+// nothing of ours, and could not be mounted over); they depend on the uid
+// alone, so exec tools and MCP servers make the same covers and share a
+// container. The fallback under the cache is hidden with the cache.
+func otherTemps(r roots) []string {
+	var out []string
+	for _, d := range tempCandidates(r) {
+		if _, err := statedir.Check(d, os.Getuid()); err == nil {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// tempCandidates are the real paths otherTemps chooses from, those that
+// are or could become the caller's (under trusted directories); a ticket
+// checks them all, so one made since its container started is noticed.
+func tempCandidates(r roots) []string {
+	dirs := []string{"/tmp/lectic/nix-sandbox"}
+	for _, c := range statedir.TempCandidates("", r.cache, os.Getuid())[1:] {
+		dirs = append(dirs, c.Dir)
+	}
+	var out []string
+	for _, d := range dirs {
+		real, err := statedir.RealPath(d)
+		if err != nil || real == r.temp || underAny(real, []string{r.cache}) || slices.Contains(out, real) ||
+			statedir.Inspect(real, os.Getuid()) != nil {
+			continue
+		}
+		out = append(out, real)
+	}
+	return out
 }
 
 // checkPersist refuses a --persist dir that a cover contains before it is
