@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -458,6 +459,47 @@ func TestFIFOTicket(t *testing.T) {
 			if strings.HasSuffix(e.Name(), ".lock") {
 				t.Errorf("--stop all left %s", e.Name())
 			}
+		}
+	})
+}
+
+// TestManagementEndsOnSIGTERM: --stop, waiting for a supervisor that does
+// not go away (its alive lock held), ends on SIGTERM as any command does,
+// rather than catching the signal and waiting on.
+func TestManagementEndsOnSIGTERM(t *testing.T) {
+	forEachUser(t, func(t *testing.T, u *testUser) {
+		key := fmt.Sprintf("%016x", time.Now().UnixNano())
+		warmRoot := filepath.Join(u.temp, "nix-sandbox", "warm")
+		dir := filepath.Join(warmRoot, key)
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		defer os.RemoveAll(dir)
+		alive, err := os.OpenFile(filepath.Join(dir, "alive"), os.O_CREATE|os.O_RDWR, 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer alive.Close()
+		chown(t, u, filepath.Dir(warmRoot), warmRoot, dir, alive.Name())
+		if err := unix.Flock(int(alive.Fd()), unix.LOCK_EX); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		cmd := u.command(ctx, runOpts{}, "--stop", key)
+		cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.AfterFunc(500*time.Millisecond, cancel)
+		// Ignored, SIGTERM is followed by SIGKILL after cmd.WaitDelay.
+		err = cmd.Wait()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) {
+			t.Fatalf("--stop ended with %v, not by SIGTERM", err)
+		}
+		if ws := ee.Sys().(syscall.WaitStatus); !ws.Signaled() || ws.Signal() != syscall.SIGTERM {
+			t.Fatalf("--stop ended with %v, not by SIGTERM", err)
 		}
 	})
 }
