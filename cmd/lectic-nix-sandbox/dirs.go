@@ -106,7 +106,10 @@ func tempAdvice(cache string) string {
 			return fmt.Sprintf("%s %s: have it fixed, and the sandbox keeps warm containers in %s", ue.Dir, ue.Reason, fallback)
 		}
 	}
-	return fmt.Sprintf("make %s a directory only you can write, with a path shorter than %d bytes (set XDG_CACHE_HOME for Lectic)", fallback, statedir.MaxTempRoot)
+	// Lectic derives an exec tool's LECTIC_CACHE from XDG_CACHE_HOME, and
+	// passes an MCP server only HOME, LOGNAME, PATH, SHELL, TERM, USER and
+	// its spec's env: the setting must reach both.
+	return fmt.Sprintf("make %s a directory only you can write, with a path of at most %d bytes: set XDG_CACHE_HOME to a shorter dir in the environment Lectic runs in, and in each MCP server's env:", fallback, statedir.MaxTempRoot)
 }
 
 // checkCache makes the cache root and replaces r.cache with its real path,

@@ -39,6 +39,12 @@ func TestPickTemp(t *testing.T) {
 	if adv := tempAdvice(filepath.Join(shared, "c", "nix-sandbox")); !strings.Contains(adv, "chmod go-w "+shared) {
 		t.Fatalf("advice %q does not say what to fix", adv)
 	}
+	// A fallback too long for socket paths: a shorter cache, set where
+	// both kinds of Lectic call get it.
+	long := filepath.Join(base, strings.Repeat("x", statedir.MaxTempRoot), "nix-sandbox")
+	if adv := tempAdvice(long); !strings.Contains(adv, "XDG_CACHE_HOME") || !strings.Contains(adv, "MCP server's env:") {
+		t.Fatalf("advice %q does not say how to shorten the fallback", adv)
+	}
 }
 
 func TestCheckCache(t *testing.T) {
