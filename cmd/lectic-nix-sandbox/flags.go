@@ -362,9 +362,10 @@ Sandbox:
                                loopback only; prefer --allow-domain)
       --allow-host-config-writes
                                let the command write what the host runs later:
-                               lectic.yaml, *.lec, .git/hooks, .git/config, .envrc,
-                               the flake and packages file in use, LECTIC_CONFIG
-                               (default: read-only inside)
+                               lectic.yaml, *.lec, git hooks (.git/hooks, the
+                               core.hooksPath dir) and config, .envrc, the flake
+                               and packages file in use, LECTIC_CONFIG and
+                               LECTIC_RUNTIME (default: read-only inside)
       --user MODE              caller (default: your own uid/gid, no capabilities),
                                root, image (the image's User), NAME or UID[:GID]
       --env NAME[=VALUE]       pass NAME from the host, or set it (repeatable)
