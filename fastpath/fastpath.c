@@ -389,11 +389,21 @@ static const char *first_env(struct call *c, const char *name)
 /* MAX_TEMP_ROOT is statedir.MaxTempRoot. */
 #define MAX_TEMP_ROOT (MAX_SOCKET - 6 - 25 - 11)
 
+/* my_uid is getuid(), asked once: the checks below ask for every
+ * directory and file they judge. */
+static uid_t my_uid(void)
+{
+	static uid_t uid = (uid_t)-1;
+	if (uid == (uid_t)-1)
+		uid = getuid();
+	return uid;
+}
+
 /* judge_dir is statedir.judge: own marks the directory that holds the
  * state itself. */
 static int judge_dir(const struct stat *st, int own)
 {
-	uid_t uid = getuid();
+	uid_t uid = my_uid();
 
 	if (!S_ISDIR(st->st_mode))
 		return 0;
@@ -407,28 +417,28 @@ static int judge_dir(const struct stat *st, int own)
 }
 
 /* chain_ok is statedir.chain: every directory from / down to real, an
- * existing real path, is trusted. */
-static int chain_ok(const char *real, int own)
+ * existing real path, is trusted. real is cut at each '/' in turn and
+ * restored: each call is a fresh process, and every new page of stack it
+ * touches costs a page fault, so no copy is made. */
+static int chain_ok(char *real, int own)
 {
-	char p[PATH_MAX];
 	struct stat st;
 	size_t n = strlen(real), i;
+	int ok = 1;
 
-	if (n >= sizeof p || real[0] != '/')
+	if (real[0] != '/')
 		return 0;
-	memcpy(p, real, n + 1);
 	if (lstat("/", &st) || !judge_dir(&st, own && n == 1))
 		return 0;
-	for (i = 1; i <= n; i++) {
-		if (i < n && p[i] != '/')
+	for (i = 1; i <= n && ok; i++) {
+		if (i < n && real[i] != '/')
 			continue;
-		p[i] = 0;
-		if (lstat(p, &st) || !judge_dir(&st, own && i == n))
-			return 0;
+		real[i] = 0;
+		ok = !lstat(real, &st) && judge_dir(&st, own && i == n);
 		if (i < n)
-			p[i] = '/';
+			real[i] = '/';
 	}
-	return 1;
+	return ok;
 }
 
 /* clean_path is Go's filepath.Clean for an absolute path, in place: each
@@ -461,28 +471,36 @@ static void clean_path(char *p)
 
 /*
  * resolve_dir is statedir.resolve: real gets the real path of dir's
- * longest existing ancestor, out the real path dir would have. It
- * returns how many names are missing below real, or -1.
+ * longest existing ancestor, out the real path dir would have (out may be
+ * dir itself). It returns how many names are missing below real, or -1.
  */
 static int resolve_dir(const char *dir, char *real, char *out)
 {
-	char clean[PATH_MAX], p[PATH_MAX];
-	size_t cut;
+	char clean[PATH_MAX];
+	size_t cut, end;
 	int missing = 0;
 
 	if (dir[0] != '/' || strlen(dir) >= sizeof clean)
 		return -1;
 	strcpy(clean, dir);
 	clean_path(clean);
-	strcpy(p, clean);
-	/* clean[cut:] is the missing part, "" or "/name/..." */
+	/* clean[cut:] is the missing part, "" or "/name/..."; the ancestor
+	 * tried is clean[:end], cut there for realpath and restored. */
 	cut = strlen(clean);
-	while (!realpath(p, real)) {
+	for (;;) {
+		char saved;
+		end = cut > 0 ? cut : 1;
+		saved = clean[end];
+		clean[end] = 0;
+		if (realpath(clean, real)) {
+			clean[end] = saved;
+			break;
+		}
+		clean[end] = saved;
 		if (errno != ENOENT || cut == 0)
 			return -1;
 		while (cut > 0 && clean[--cut] != '/')
 			;
-		p[cut > 0 ? cut : 1] = 0;
 		missing++;
 	}
 	if ((size_t)snprintf(out, PATH_MAX, "%s%s", strcmp(real, "/") || !missing ? real : "", clean + cut) >= PATH_MAX)
@@ -492,9 +510,9 @@ static int resolve_dir(const char *dir, char *real, char *out)
 
 /*
  * temp_probe judges one candidate as statedir.tryTemp would: 1 when it
- * exists and is trusted (its real path in out), 0 when the Go client
- * would create it (what exists is trusted and writable), -1 when the Go
- * client passes it by.
+ * exists and is trusted (its real path in out, which may be dir), 0 when
+ * the Go client would create it (what exists is trusted and writable),
+ * -1 when the Go client passes it by.
  */
 static int temp_probe(const char *dir, const char *needs, char *out)
 {
@@ -511,56 +529,65 @@ static int temp_probe(const char *dir, const char *needs, char *out)
 	return access(real, W_OK | X_OK) ? -1 : 0;
 }
 
+/* join_env writes to out the value of the first of names set (relative
+ * to the cwd, as filepath.Abs makes it) followed by its suffix: 1, or 0
+ * when none is set, -1 when the path does not fit. */
+static int join_env(struct call *c, char *out, const char *const *names, const char *const *suffixes)
+{
+	const char *v;
+	int i, n;
+
+	for (i = 0; names[i]; i++) {
+		if (!(v = first_env(c, names[i])) || !*v)
+			continue;
+		n = snprintf(out, PATH_MAX, "%s%s%s%s", v[0] == '/' ? "" : c->cwd, v[0] == '/' ? "" : "/", v, suffixes[i]);
+		return n > 0 && n < PATH_MAX ? 1 : -1;
+	}
+	return 0;
+}
+
 /*
  * temp_root finds T as cmd's resolveRoots and pickTemp do, the candidates
- * in statedir.TempCandidates' order, and names T/fast.
+ * in statedir.TempCandidates' order, and names T/fast in c->dir. One
+ * candidate at a time, in c->dir itself: see chain_ok on stack pages.
  */
 static const char *temp_root(struct call *c)
 {
-	char cand[4][PATH_MAX], needs[PATH_MAX], root[PATH_MAX];
-	const char *lt = first_env(c, "LECTIC_TEMP"), *tmp, *cache, *home;
-	unsigned uid = getuid();
-	int i, n;
+	static const char *const given[] = {"LECTIC_TEMP", "TMPDIR", NULL};
+	static const char *const given_sfx[] = {"/nix-sandbox", "/lectic/nix-sandbox"};
+	static const char *const cache[] = {"LECTIC_CACHE", "XDG_CACHE_HOME", "HOME", NULL};
+	static const char *const cache_sfx[] = {"/nix-sandbox/temp", "/lectic/nix-sandbox/temp", "/.cache/lectic/nix-sandbox/temp"};
+	char cand[PATH_MAX], needs[32];
+	unsigned uid = my_uid();
+	int i, got, have;
 
-	/* 1: what Lectic gives (relative paths are the cwd's, as filepath.Abs) */
-	if (lt && *lt) {
-		n = snprintf(cand[0], PATH_MAX, "%s%s%s/nix-sandbox", lt[0] == '/' ? "" : c->cwd, lt[0] == '/' ? "" : "/", lt);
-	} else {
-		tmp = first_env(c, "TMPDIR");
-		if (!tmp || !*tmp)
-			tmp = "/tmp";
-		n = snprintf(cand[0], PATH_MAX, "%s%s%s/lectic/nix-sandbox", tmp[0] == '/' ? "" : c->cwd, tmp[0] == '/' ? "" : "/", tmp);
-	}
-	if (n < 0 || n >= PATH_MAX)
-		cand[0][0] = 0;
-	/* 2: the runtime dir the system made for this uid */
 	snprintf(needs, sizeof needs, "/run/user/%u", uid);
-	snprintf(cand[1], PATH_MAX, "/run/user/%u/lectic/nix-sandbox", uid);
-	/* 3: under the cache root */
-	cand[2][0] = 0;
-	cache = first_env(c, "LECTIC_CACHE");
-	if (cache && *cache) {
-		n = snprintf(cand[2], PATH_MAX, "%s%s%s/nix-sandbox/temp", cache[0] == '/' ? "" : c->cwd, cache[0] == '/' ? "" : "/", cache);
-	} else if ((cache = first_env(c, "XDG_CACHE_HOME")) && *cache) {
-		n = snprintf(cand[2], PATH_MAX, "%s%s%s/lectic/nix-sandbox/temp", cache[0] == '/' ? "" : c->cwd, cache[0] == '/' ? "" : "/", cache);
-	} else if ((home = first_env(c, "HOME")) && *home) {
-		n = snprintf(cand[2], PATH_MAX, "%s%s%s/.cache/lectic/nix-sandbox/temp", home[0] == '/' ? "" : c->cwd, home[0] == '/' ? "" : "/", home);
-	}
-	if (n < 0 || n >= PATH_MAX)
-		cand[2][0] = 0;
-	/* 4: a per-user dir in /tmp */
-	snprintf(cand[3], PATH_MAX, "/tmp/lectic-%u/nix-sandbox", uid);
 	for (i = 0; i < 4; i++) {
-		int got;
-		if (!cand[i][0])
+		switch (i) {
+		case 0: /* what Lectic gives, by default /tmp/lectic */
+			have = join_env(c, cand, given, given_sfx);
+			if (have == 0)
+				have = snprintf(cand, sizeof cand, "/tmp/lectic/nix-sandbox") > 0;
+			break;
+		case 1: /* the runtime dir the system made for this uid */
+			have = snprintf(cand, sizeof cand, "%s/lectic/nix-sandbox", needs) > 0;
+			break;
+		case 2: /* under the cache root */
+			have = join_env(c, cand, cache, cache_sfx);
+			break;
+		default: /* a per-user dir in /tmp */
+			have = snprintf(cand, sizeof cand, "/tmp/lectic-%u/nix-sandbox", uid) > 0;
+		}
+		if (have <= 0)
 			continue;
-		got = temp_probe(cand[i], i == 1 ? needs : NULL, root);
+		got = temp_probe(cand, i == 1 ? needs : NULL, c->dir);
 		if (got < 0)
 			continue;
 		if (got == 0)
 			return "no tickets yet";
-		if ((size_t)snprintf(c->dir, sizeof c->dir, "%s/fast", root) >= sizeof c->dir)
+		if (strlen(c->dir) + sizeof "/fast" > sizeof c->dir)
 			return "the temp dir is too long";
+		strcat(c->dir, "/fast");
 		return NULL;
 	}
 	return "no safe temp dir";
@@ -597,7 +624,7 @@ static void material_prefix(struct call *c, struct sha256 *h)
 	size_t i, n = sizeof config_env / sizeof config_env[0];
 	sha256_init(h);
 	sha256_update(h, MATERIAL_MAGIC, sizeof MATERIAL_MAGIC - 1);
-	hash_fmt(h, "uid %u gid %u\n", (unsigned)getuid(), (unsigned)getgid());
+	hash_fmt(h, "uid %u gid %u\n", (unsigned)my_uid(), (unsigned)getgid());
 	sha256_update(h, "exe ", 4);
 	hash_lp(h, c->exe);
 	hash_fmt(h, "\nexestat %llu %llu %lld %lld\n",
@@ -733,7 +760,7 @@ static struct list *recipe_list(struct recipe *r, const char *tag)
 
 static int owned_private(const struct stat *st)
 {
-	return st->st_uid == getuid() && (st->st_mode & 022) == 0;
+	return st->st_uid == my_uid() && (st->st_mode & 022) == 0;
 }
 
 /* open_ticket tries the candidate splits of argv into options and command. */
@@ -1201,7 +1228,7 @@ static int is_blocked(const struct recipe *r, const char *name, size_t n, struct
 	int j, hit = 0;
 
 	for (j = 0; j < r->hostonly.n; j++)
-		if (strlen(r->hostonly.v[j]) == n && !memcmp(r->hostonly.v[j], name, n))
+		if (r->hostonly.v[j][0] == name[0] && strlen(r->hostonly.v[j]) == n && !memcmp(r->hostonly.v[j], name, n))
 			return 1;
 	if (any_upper_prefix(name, n, &r->hostonly_prefix) || is_internal(r, name, n))
 		return 1;
@@ -1221,7 +1248,8 @@ static int is_blocked(const struct recipe *r, const char *name, size_t n, struct
 			end++;
 		pl = end - i;
 		for (j = 0; pl > 0 && j < r->secret_part.n && !hit; j++)
-			hit = strlen(r->secret_part.v[j]) == pl && !memcmp(up + i, r->secret_part.v[j], pl);
+			hit = r->secret_part.v[j][0] == up[i] && !strncmp(up + i, r->secret_part.v[j], pl) &&
+			      r->secret_part.v[j][pl] == 0;
 		i = end + 1;
 	}
 	for (j = 0; j < r->secret_word.n && !hit; j++)
@@ -1787,7 +1815,7 @@ static const char *run(struct ticket *t, struct request *req)
 	{
 		struct ucred uc;
 		socklen_t ul = sizeof uc;
-		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &ul) || uc.uid != getuid()) {
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &ul) || uc.uid != my_uid()) {
 			close(fd);
 			return "the agent socket is served by another user";
 		}

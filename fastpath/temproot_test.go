@@ -83,6 +83,12 @@ func TestTempRootAgreesWithGo(t *testing.T) {
 		{"TMPDIR without LECTIC_TEMP", false, func(t *testing.T, base string) map[string]string {
 			return map[string]string{"TMPDIR": filepath.Join(base, "tmp")}
 		}, "given"},
+		{"too long for socket paths: the cache's", false, func(t *testing.T, base string) map[string]string {
+			return map[string]string{"LECTIC_TEMP": filepath.Join(base, strings.Repeat("x", statedir.MaxTempRoot)), "LECTIC_CACHE": filepath.Join(base, "cache")}
+		}, "cache"},
+		{"longer than a path may be: the cache's, not the default", false, func(t *testing.T, base string) map[string]string {
+			return map[string]string{"LECTIC_TEMP": filepath.Join(base, strings.Repeat("x/", unix.PathMax)), "LECTIC_CACHE": filepath.Join(base, "cache")}
+		}, "cache"},
 		{"in a dir anyone may write: the cache's", false, func(t *testing.T, base string) map[string]string {
 			os.Mkdir(filepath.Join(base, "shared"), 0o777)
 			os.Chmod(filepath.Join(base, "shared"), 0o777)

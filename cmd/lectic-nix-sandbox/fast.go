@@ -4,6 +4,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -153,8 +154,14 @@ func (fc *fastCall) write(c sandboxCall, s warm.Spec, r warm.Request, env oci.En
 	}
 	// A covered file replaced on the host (an editor's atomic save), or a
 	// state dir made since (another temp root), is another mount: its
-	// identity is checked like the binds'.
+	// identity is checked like the binds'. Not the temp root's (the ticket
+	// is found in it) nor the binary's (the ticket's name covers it).
+	self, _ := os.Executable()
+	self, _ = filepath.EvalSymlinks(self)
 	for _, cv := range append(append([]oci.Cover(nil), c.covers...), hc.covers...) {
+		if cv.Path == c.roots.temp || cv.Path == self {
+			continue
+		}
 		ch, err := fastpath.Observe(fastpath.Identity, cv.Path)
 		if err != nil {
 			return
@@ -162,6 +169,9 @@ func (fc *fastCall) write(c sandboxCall, s warm.Spec, r warm.Request, env oci.En
 		checks = append(checks, ch)
 	}
 	for _, dir := range tempCandidates(c.roots) {
+		if slices.ContainsFunc(c.covers, func(cv oci.Cover) bool { return cv.Path == dir }) {
+			continue // a cover already, checked above
+		}
 		// Unreachable (another user's), it is nothing to this call.
 		if ch, err := fastpath.Observe(fastpath.Identity, dir); err == nil {
 			checks = append(checks, ch)
