@@ -376,9 +376,14 @@ func privateDir(dir string) error {
 	return nil
 }
 
+// staleTemp is how old a temp file must be before Prune takes it for one
+// a writer left behind: a ticket is written and renamed in microseconds,
+// and one removed under its writer is a ticket lost.
+const staleTemp = time.Minute
+
 // Prune removes the tickets under dir whose agent socket is gone (and
-// leftover temp files). A ticket for a stopped container would only cost
-// a failed connect, but nothing else ever removes it.
+// temp files left behind). A ticket for a stopped container would only
+// cost a failed connect, but nothing else ever removes it.
 func Prune(dir string) (removed int, err error) {
 	ents, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -389,10 +394,15 @@ func Prune(dir string) (removed int, err error) {
 	}
 	for _, e := range ents {
 		p := filepath.Join(dir, e.Name())
-		if strings.HasPrefix(e.Name(), ".tmp-") || !socketAlive(p) {
-			if os.Remove(p) == nil {
-				removed++
+		if strings.HasPrefix(e.Name(), ".tmp-") {
+			if fi, err := e.Info(); err != nil || time.Since(fi.ModTime()) < staleTemp {
+				continue // being written, or gone already
 			}
+		} else if socketAlive(p) {
+			continue
+		}
+		if os.Remove(p) == nil {
+			removed++
 		}
 	}
 	return removed, nil

@@ -132,7 +132,12 @@ func TestPrune(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	os.WriteFile(filepath.Join(dir, ".tmp-123"), nil, 0o600)
+	// A temp file left behind goes; one a writer may still rename does not.
+	old := filepath.Join(dir, ".tmp-123")
+	os.WriteFile(old, nil, 0o600)
+	os.Chtimes(old, time.Now().Add(-2*staleTemp), time.Now().Add(-2*staleTemp))
+	fresh := filepath.Join(dir, ".tmp-456")
+	os.WriteFile(fresh, nil, 0o600)
 	// A FIFO named like a ticket is neither read nor waited on.
 	unix.Mkfifo(filepath.Join(dir, "0123456789abcdef0123456789abcdef"), 0o600)
 	done := make(chan struct{})
@@ -148,8 +153,11 @@ func TestPrune(t *testing.T) {
 		t.Fatalf("Prune = %d, %v; want 3 removed (a dead ticket, a temp file, a FIFO)", removed, err)
 	}
 	ents, _ := os.ReadDir(dir)
-	if len(ents) != 1 {
-		t.Fatalf("%d tickets left, want the live one", len(ents))
+	if len(ents) != 2 {
+		t.Fatalf("%d files left, want the live ticket and the fresh temp file", len(ents))
+	}
+	if _, err := os.Lstat(fresh); err != nil {
+		t.Fatalf("Prune removed a temp file a writer may still rename: %v", err)
 	}
 	if n, err := Prune(filepath.Join(tmp, "none")); n != 0 || err != nil {
 		t.Errorf("Prune of a missing dir = %d, %v", n, err)

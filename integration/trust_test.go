@@ -124,15 +124,18 @@ func TestPeerCredentialMismatch(t *testing.T) {
 		}
 		real := filepath.Join(u.temp, "nix-sandbox", "warm", ws[0].Key, "agent.sock")
 		aside := real + ".real"
-		if err := os.Rename(real, aside); err != nil {
+		sock, lines := foreignListener(t)
+		// Swapped in one step, as in the attack: the path never goes
+		// missing (a ticket whose socket is gone is pruned by whichever
+		// container of the user ends meanwhile). The agent's own socket
+		// stays reachable by a second link, and comes back at the end.
+		if err := os.Link(real, aside); err != nil {
 			t.Fatal(err)
 		}
-		defer os.Rename(aside, real)
-		sock, lines := foreignListener(t)
 		if err := os.Rename(sock, real); err != nil {
 			t.Fatal(err)
 		}
-		defer os.Remove(real)
+		defer os.Rename(aside, real)
 		for _, env := range [][]string{require, nil, slow} {
 			r := call(env)
 			if env == nil || env[0] == slow[0] {
