@@ -1789,25 +1789,14 @@ static const char *run(struct ticket *t, struct request *req)
 	struct reply r;
 	ssize_t n, want = req->head.n + 1 + req->body.n;
 
-	if (req->body.n > MAX_INLINE) {
-		if ((fds[3] = body_memfd(&req->body)) < 0)
-			return "cannot put the request in a memfd";
-		nfds = 4, mh.msg_iovlen = 1, want = req->head.n;
-	}
-	mh.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
 	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	if (fd < 0) {
-		if (fds[3] >= 0)
-			close(fds[3]);
+	if (fd < 0)
 		return "cannot create a socket";
-	}
 	strcpy(addr.sun_path, t->sock);
 	while ((got = connect(fd, (struct sockaddr *)&addr, sizeof addr)) < 0 && errno == EINTR)
 		;
 	if (got < 0) {
 		close(fd);
-		if (fds[3] >= 0)
-			close(fds[3]);
 		return "no agent answers";
 	}
 	/* Who listens must be this user: never send a request, or our
@@ -1820,6 +1809,16 @@ static const char *run(struct ticket *t, struct request *req)
 			return "the agent socket is served by another user";
 		}
 	}
+	/* A large body goes in a memfd, made only once an agent of ours
+	 * answers: a call that falls back copies nothing. */
+	if (req->body.n > MAX_INLINE) {
+		if ((fds[3] = body_memfd(&req->body)) < 0) {
+			close(fd);
+			return "cannot put the request in a memfd";
+		}
+		nfds = 4, mh.msg_iovlen = 1, want = req->head.n;
+	}
+	mh.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
 	/* Signals are queued from here, so one that arrives while the
 	 * command starts is forwarded, not fatal. */
 	sigemptyset(&sigs);
