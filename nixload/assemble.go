@@ -82,6 +82,11 @@ func (s *Store) assemble(tmp *tempDir, chain string, diffIDs []string) (string, 
 			return "", fmt.Errorf("assemble rootfs: layer %d (%s): %w", i+1, short(d), err)
 		}
 	}
+	// Sealed before the directories get their image modes: a directory
+	// the image makes unreadable could not be walked afterwards.
+	if err := sealTree(root); err != nil {
+		return "", fmt.Errorf("make the image tree read-only: %w", err)
+	}
 	if err := a.applyModes(root); err != nil {
 		return "", fmt.Errorf("assemble rootfs: %w", err)
 	}
@@ -101,9 +106,6 @@ func publishTree(build, final string, meta treeFile) error {
 	}
 	if err := os.WriteFile(filepath.Join(build, "tree.json"), b, 0o600); err != nil {
 		return fmt.Errorf("write tree.json: %w", err)
-	}
-	if err := sealTree(filepath.Join(build, "root")); err != nil {
-		return fmt.Errorf("make the image tree read-only: %w", err)
 	}
 	if err := os.Rename(build, final); err != nil {
 		return fmt.Errorf("publish rootfs: %w", err)
@@ -277,8 +279,8 @@ func stickyBit(m fs.FileMode) uint32 {
 	return 0
 }
 
-// applyModes gives every directory of the tree its image mode, deepest
-// first: a parent that the image makes unreadable or unsearchable is
+// applyModes gives every directory of the tree its image mode without the
+// owner's write bit (the tree is sealed, sealTree), deepest first: a parent that the image makes unreadable or unsearchable is
 // changed only after everything below it. Every path in modes is a
 // directory this assembly made (replacing one forgets it), in a private
 // temp dir, so a plain chmod cannot be led astray by a symlink.
@@ -300,7 +302,7 @@ func (a *assembly) applyModes(root string) error {
 		return paths[i] < paths[j]
 	})
 	for _, p := range paths {
-		if err := unix.Chmod(filepath.Join(root, p), a.modes[p]); err != nil {
+		if err := unix.Chmod(filepath.Join(root, p), a.modes[p]&^0o200); err != nil {
 			return fmt.Errorf("set the mode of /%s: %w", p, err)
 		}
 	}

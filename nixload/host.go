@@ -237,6 +237,9 @@ func (s *Store) buildHost(h string, items []hostItem) (*Image, error) {
 		if err != nil {
 			return nil, fmt.Errorf("write binds.json: %w", err)
 		}
+		if err := sealTree(filepath.Join(build, "root")); err != nil {
+			return nil, fmt.Errorf("make the host tree read-only: %w", err)
+		}
 		if err := publishTree(build, s.treeDir(name), treeFile{ChainID: "sha256:" + h}); err != nil {
 			return nil, err
 		}

@@ -371,3 +371,42 @@ func TestOpenAndGCKeepLiveTempDirs(t *testing.T) {
 		t.Fatalf("GC removed a live loader's temp dir: %v", err)
 	}
 }
+
+// TestUnreadableDirsLoadForEveryUser: a directory the image makes
+// unreadable or unsearchable (0000, 0311) is loaded by a loader of any
+// uid, root's permission checks aside, with its mode less the owner's
+// write bit; GC of the same uid then removes the tree.
+func TestUnreadableDirsLoadForEveryUser(t *testing.T) {
+	layers := []fixture.Layer{{Entries: []fixture.Entry{
+		fixture.Dir("locked/", 0o000),
+		fixture.File("locked/f", []byte("x"), 0o644),
+		fixture.Dir("blind/", 0o311),
+		fixture.File("blind/g", []byte("y"), 0o600),
+	}}}
+	for _, id := range identities() {
+		t.Run(id.name, func(t *testing.T) {
+			p := newProcEnv(t, id.unprivileged)
+			image := p.writeImage(t, "img.tar", layers, fixture.ArchiveOptions{})
+			out, err := p.loader(image).CombinedOutput()
+			if err != nil {
+				t.Fatalf("load: %v: %s", err, out)
+			}
+			var img Image
+			if err := json.Unmarshal(out, &img); err != nil {
+				t.Fatalf("loader output %q: %v", out, err)
+			}
+			for path, want := range map[string]os.FileMode{"locked": os.ModeDir, "blind": os.ModeDir | 0o111} {
+				st, err := os.Lstat(filepath.Join(img.Rootfs, path))
+				if err != nil || st.Mode() != want {
+					t.Errorf("%s: mode %v (%v), want %v", path, st.Mode(), err, want)
+				}
+			}
+			if err := os.RemoveAll(filepath.Join(p.store, "sources")); err != nil {
+				t.Fatal(err)
+			}
+			if st := p.gc(t); st.Trees != 1 {
+				t.Errorf("GC removed %d trees, want 1", st.Trees)
+			}
+		})
+	}
+}
