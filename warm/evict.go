@@ -102,14 +102,11 @@ func letGo(tempRoot, key, why string, log io.Writer) {
 
 // askExpire sends an expire request and waits for its answer.
 func askExpire(sock string) error {
-	c, err := dial(sock)
+	c, err := dialTimeout(sock, statusTimeout)
 	if err != nil {
 		return err
 	}
 	defer c.close()
-	if err := c.setTimeout(statusTimeout); err != nil {
-		return err
-	}
 	if err := c.send(&message{Type: msgExpire, Proto: Proto}); err != nil {
 		return err
 	}
