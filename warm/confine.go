@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/netfwd"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/seccomp"
 )
 
@@ -253,8 +254,8 @@ func (t *callTable) remove(pgid int) {
 // (a command that moved to a process group of its own).
 func (t *callTable) find(pid int) *callReport {
 	for i := 0; i < 64 && pid > 1; i++ {
-		ppid, pgrp, err := statOf(pid)
-		if err != nil {
+		ppid, pgrp, ok := netfwd.Parent("/proc", pid)
+		if !ok {
 			return nil
 		}
 		t.mu.Lock()
@@ -269,20 +270,6 @@ func (t *callTable) find(pid int) *callReport {
 		pid = ppid
 	}
 	return nil
-}
-
-// statOf reads a process's parent and process group.
-func statOf(pid int) (ppid, pgrp int, err error) {
-	f, err := procStat(pid)
-	if err != nil {
-		return 0, 0, err
-	}
-	ppid, err1 := strconv.Atoi(f[1])
-	pgrp, err2 := strconv.Atoi(f[2])
-	if err1 != nil || err2 != nil {
-		return 0, 0, errors.New("malformed stat")
-	}
-	return ppid, pgrp, nil
 }
 
 // procStat returns the fields of /proc/pid/stat after the command name:
@@ -312,13 +299,18 @@ type SeccompPolicy struct {
 	Profile []byte `json:"profile,omitempty"` // an OCI/Docker JSON profile
 }
 
+// Off says whether the policy installs no filter: Filter is nil exactly
+// then, and the agent is given no filter fd.
+func (p SeccompPolicy) Off() bool { return p.Mode == "" || p.Mode == "off" }
+
 // Filter compiles the policy for this machine, resolving the profile's
 // conditional rules against the container's capabilities; nil when off.
 func (p SeccompPolicy) Filter(caps []string) (*seccomp.Filter, error) {
+	if p.Off() {
+		return nil, nil
+	}
 	var prof *seccomp.Profile
 	switch p.Mode {
-	case "", "off":
-		return nil, nil
 	case "default":
 		if slices.Equal(caps, seccomp.ContainerCaps()) {
 			arch, err := seccomp.Native()

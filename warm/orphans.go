@@ -126,11 +126,6 @@ func StopOrphans(orphans []Orphan) error {
 
 // zombie reports whether pid has exited and waits to be reaped.
 func zombie(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return true
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i < 0 || strings.HasPrefix(strings.TrimSpace(s[i+1:]), "Z")
+	f, err := procStat(pid)
+	return err != nil || f[0] == "Z"
 }

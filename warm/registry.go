@@ -413,19 +413,9 @@ func writeMeta(dir string, m *meta) error {
 // startTime is field 22 of /proc/<pid>/stat: with the pid it names one
 // process, even after the pid is reused.
 func startTime(pid int) (uint64, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	f, err := procStat(pid)
 	if err != nil {
 		return 0, err
-	}
-	// The command name (field 2) may hold spaces; fields after it do not.
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 20 {
-		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
 	}
 	return strconv.ParseUint(f[19], 10, 64)
 }

@@ -385,7 +385,7 @@ func agentEnv(s Spec) []string {
 	// filter, then the report channel, each only when there is one.
 	env = append(env, envWatch+"="+strconv.Itoa(agentWatchFD))
 	next := agentFilterFD
-	if s.Seccomp.Mode != "" && s.Seccomp.Mode != "off" {
+	if !s.Seccomp.Off() {
 		env = append(env, envSeccomp+"="+strconv.Itoa(agentFilterFD))
 		next++
 	}
