@@ -86,12 +86,7 @@ func writeChoice(path string, c Choice) error {
 	if err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
-		return fmt.Errorf("record the image choice: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		_ = os.Remove(tmp)
+	if err := atomicWrite(path, append(b, '\n')); err != nil {
 		return fmt.Errorf("record the image choice: %w", err)
 	}
 	return nil

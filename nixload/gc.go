@@ -114,8 +114,7 @@ func (s *Store) gcImages(kept map[string]bool, st *GCStats) (map[string]bool, er
 			continue
 		}
 		if kept[h] {
-			var f imageFile
-			if b, err := os.ReadFile(filepath.Join(s.root, "images", e.Name())); err == nil && json.Unmarshal(b, &f) == nil {
+			if f, err := s.readImageFile("sha256:" + h); err == nil {
 				trees[f.Tree] = true
 				continue
 			}
