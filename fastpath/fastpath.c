@@ -399,6 +399,12 @@ static uid_t my_uid(void)
 	return uid;
 }
 
+/* owned_private: this user's, and no one else may write to it. */
+static int owned_private(const struct stat *st)
+{
+	return st->st_uid == my_uid() && (st->st_mode & 022) == 0;
+}
+
 /* judge_dir is statedir.judge: own marks the directory that holds the
  * state itself. */
 static int judge_dir(const struct stat *st, int own)
@@ -408,7 +414,7 @@ static int judge_dir(const struct stat *st, int own)
 	if (!S_ISDIR(st->st_mode))
 		return 0;
 	if (own)
-		return st->st_uid == uid && !(st->st_mode & 022);
+		return owned_private(st);
 	if (st->st_uid != uid && st->st_uid != 0)
 		return 0;
 	if ((st->st_mode & 022) && (!(st->st_mode & S_ISVTX) || st->st_uid != 0))
@@ -654,20 +660,28 @@ static void material_prefix(struct call *c, struct sha256 *h)
  * followed by the option words args[0..k), so each candidate costs only
  * its own ending, and trying every split is linear in argv.
  */
-static void ticket_name(const struct sha256 *words, int k, int term, char *out)
+/* hex16 writes the first 16 bytes of a digest as 32 hex digits and a NUL,
+ * as the Go side names tickets and "real" states. */
+static void hex16(const uint8_t *sum, char *out)
 {
 	static const char hex[] = "0123456789abcdef";
-	struct sha256 h = *words;
-	uint8_t sum[32];
 	int i;
 
-	hash_fmt(&h, "\nsplit %d %d\n", k, term);
-	sha256_final(&h, sum);
 	for (i = 0; i < 16; i++) {
 		out[2 * i] = hex[sum[i] >> 4];
 		out[2 * i + 1] = hex[sum[i] & 15];
 	}
 	out[32] = 0;
+}
+
+static void ticket_name(const struct sha256 *words, int k, int term, char *out)
+{
+	struct sha256 h = *words;
+	uint8_t sum[32];
+
+	hash_fmt(&h, "\nsplit %d %d\n", k, term);
+	sha256_final(&h, sum);
+	hex16(sum, out);
 }
 
 /* ---- the ticket ---- */
@@ -756,11 +770,6 @@ static struct list *recipe_list(struct recipe *r, const char *tag)
 		if (!strcmp(tag, tags[i].tag))
 			return (struct list *)((char *)r + tags[i].off);
 	return NULL;
-}
-
-static int owned_private(const struct stat *st)
-{
-	return st->st_uid == my_uid() && (st->st_mode & 022) == 0;
 }
 
 /* open_ticket tries the candidate splits of argv into options and command. */
@@ -860,11 +869,9 @@ static int parse_timeout(const char *s, long long *ns)
  */
 static int real_state(const char *path, char *out, size_t len)
 {
-	static const char hex[] = "0123456789abcdef";
 	struct sha256 h;
 	uint8_t sum[32];
 	char *rp = realpath(path, NULL);
-	int i;
 
 	if (!rp) {
 		if (errno != ENOENT && errno != ENOTDIR)
@@ -878,11 +885,7 @@ static int real_state(const char *path, char *out, size_t len)
 	free(rp);
 	if (len < 33)
 		return -1;
-	for (i = 0; i < 16; i++) {
-		out[2 * i] = hex[sum[i] >> 4];
-		out[2 * i + 1] = hex[sum[i] & 15];
-	}
-	out[32] = 0;
+	hex16(sum, out);
 	return 0;
 }
 

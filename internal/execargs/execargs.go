@@ -56,10 +56,11 @@ func (a Args) ExecSize() int {
 // ending in NUL. A string holding a NUL byte cannot be passed to execve and
 // is refused; so are strings past MaxExec (ErrTooLong).
 func Encode(a Args) ([]byte, error) {
-	if a.ExecSize() > MaxExec {
+	exec := a.ExecSize()
+	if exec > MaxExec {
 		return nil, ErrTooLong
 	}
-	size := len(a.Cwd) + 1 + a.ExecSize()
+	size := len(a.Cwd) + 1 + exec
 	for _, s := range a.Withheld {
 		size += len(s) + 1
 	}
