@@ -128,11 +128,9 @@ func newAgentFromEnv() (*agent, error) {
 	a := newAgent(os.Getenv(envBuild), time.Duration(ttl)*time.Second, os.Getenv(envOneShot) != "")
 	a.mounts = os.Getenv(envMounts)
 	a.lfd = listenFD
-	if v := os.Getenv(envReports); v != "" {
-		fd, err := strconv.Atoi(v)
-		if err != nil || fd < 3 {
-			return nil, fmt.Errorf("bad %s=%q", envReports, v)
-		}
+	if fd, ok, err := fdFromEnv(envReports); err != nil {
+		return nil, err
+	} else if ok {
 		if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
 			return nil, fmt.Errorf("no report channel at fd %d: %w", fd, err)
 		}
@@ -142,11 +140,9 @@ func newAgentFromEnv() (*agent, error) {
 		go a.calls.serveReports()
 	}
 	a.conf = conf
-	if v := os.Getenv(envWatch); v != "" {
-		fd, err := strconv.Atoi(v)
-		if err != nil || fd < 3 {
-			return nil, fmt.Errorf("bad %s=%q", envWatch, v)
-		}
+	if fd, ok, err := fdFromEnv(envWatch); err != nil {
+		return nil, err
+	} else if ok {
 		if err := watchSupervisor(fd); err != nil {
 			return nil, err
 		}

@@ -51,13 +51,9 @@ func confinementFromEnv() (confinement, error) {
 		}
 		c.rlimitAS = n
 	}
-	v := os.Getenv(envSeccomp)
-	if v == "" {
-		return c, nil
-	}
-	fd, err := strconv.Atoi(v)
-	if err != nil || fd < 3 {
-		return c, fmt.Errorf("bad %s=%q", envSeccomp, v)
+	fd, ok, err := fdFromEnv(envSeccomp)
+	if err != nil || !ok {
+		return c, err
 	}
 	f := os.NewFile(uintptr(fd), "seccomp-filter")
 	filter, err := seccomp.ReadFilter(f)
@@ -66,6 +62,20 @@ func confinementFromEnv() (confinement, error) {
 	}
 	c.filter, c.filterFile = filter, f
 	return c, nil
+}
+
+// fdFromEnv reads the fd number a variable names: ok is false when it is
+// unset; stdio (0-2) or anything but a number is an error.
+func fdFromEnv(name string) (fd int, ok bool, err error) {
+	v := os.Getenv(name)
+	if v == "" {
+		return 0, false, nil
+	}
+	fd, err = strconv.Atoi(v)
+	if err != nil || fd < 3 {
+		return 0, false, fmt.Errorf("bad %s=%q", name, v)
+	}
+	return fd, true, nil
 }
 
 // env is what a helper needs in its environment to inherit c; the filter
