@@ -132,6 +132,12 @@ func Make(dir string, uid int) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	return makeResolved(real, missing, uid)
+}
+
+// makeResolved is Make once dir is resolved: real exists, missing are the
+// levels below it to create.
+func makeResolved(real string, missing []string, uid int) (string, error) {
 	if err := chain(real, len(missing) == 0, uid); err != nil {
 		return "", err
 	}
@@ -231,7 +237,7 @@ func tryTemp(c Candidate, uid int) (string, error) {
 	if n := len(filepath.Join(append([]string{real}, missing...)...)); n > MaxTempRoot {
 		return "", fmt.Errorf("its real path is %d bytes, too long for unix sockets (at most %d)", n, MaxTempRoot)
 	}
-	return Make(c.Dir, uid)
+	return makeResolved(real, missing, uid)
 }
 
 // ErrNotRegular means a file of the sandbox's state is not a regular file:
