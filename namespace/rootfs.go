@@ -142,18 +142,11 @@ func makeScratchDirs(dir string) error {
 		if err := os.MkdirAll(p, 0o700); err != nil {
 			return fmt.Errorf("create %s: %w", p, err)
 		}
-		if err := os.Chmod(p, os.FileMode(d.Mode&0o777)|modeBits(d.Mode)); err != nil {
+		if err := unix.Chmod(p, d.Mode&0o1777); err != nil { // permissions and the sticky bit
 			return fmt.Errorf("create %s: %w", p, err)
 		}
 	}
 	return os.Chmod(dir, 0o755)
-}
-
-func modeBits(m uint32) os.FileMode {
-	if m&0o1000 != 0 {
-		return os.ModeSticky
-	}
-	return 0
 }
 
 func bindReadOnly(src, dst string) error {
