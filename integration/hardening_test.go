@@ -17,8 +17,8 @@ import (
 )
 
 // startModes are the ways a call reaches a container: warm (an identity
-// helper forks the command) and one-shot (the agent forks it through the
-// exec trampoline).
+// helper forks the command) and one-shot (the agent starts it through
+// package spawn, which confines it between fork and exec).
 var startModes = []struct {
 	name string
 	pre  []string

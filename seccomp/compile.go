@@ -50,6 +50,9 @@ type Filter struct {
 	decideRaw  []bpf.RawInstruction
 	decideOnce sync.Once
 	decide     *bpf.VM
+	// bin is the binary form this filter was read from, if it was: a
+	// container start hands the precompiled default on as it is.
+	bin []byte
 }
 
 // rule is one alternative for a system call: all conds hold -> action.

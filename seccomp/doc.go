@@ -48,11 +48,8 @@
 // cannot be stacked with another listener, so a command cannot install a
 // filter with SECCOMP_FILTER_FLAG_NEW_LISTENER of its own.
 //
-// # The exec trampoline
-//
-// trampoline.c is a C constructor that, when _LECTIC_NIX_SANDBOX_EXEC is
-// set, drops capabilities, sets RLIMIT_AS, installs a filter and hands its
-// listener to the agent, then execs the command, before the Go runtime
-// starts. The agent uses it for commands it forks itself (see package
-// warm); identity helpers install the filter on themselves instead.
+// Filter.Program is the kernel program for installing the filter in
+// another process: package spawn installs it in a command between fork
+// and exec and hands the listener back; identity helpers (package warm)
+// install it on themselves with Install.
 package seccomp

@@ -26,10 +26,7 @@ func (f *Filter) Install(flags int) (listener int, err error) {
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return -1, fmt.Errorf("set no_new_privs: %w", err)
 	}
-	prog := make([]unix.SockFilter, len(f.notify))
-	for i, ins := range f.notify {
-		prog[i] = unix.SockFilter{Code: ins.Op, Jt: ins.Jt, Jf: ins.Jf, K: ins.K}
-	}
+	prog := f.Program()
 	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
 	fd, _, errno := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER,
 		uintptr(flags|unix.SECCOMP_FILTER_FLAG_NEW_LISTENER), uintptr(unsafe.Pointer(&fprog)))
@@ -40,9 +37,18 @@ func (f *Filter) Install(flags int) (listener int, err error) {
 	return int(fd), nil
 }
 
-// The binary form of a Filter, as the agent hands it to identity helpers
-// and to the exec trampoline (trampoline.c reads the header and the first
-// program):
+// Program is the program the kernel runs, for installing the filter in
+// another process (package spawn).
+func (f *Filter) Program() []unix.SockFilter {
+	prog := make([]unix.SockFilter, len(f.notify))
+	for i, ins := range f.notify {
+		prog[i] = unix.SockFilter{Code: ins.Op, Jt: ins.Jt, Jf: ins.Jf, K: ins.K}
+	}
+	return prog
+}
+
+// The binary form of a Filter, as the supervisor hands it to the agent and
+// the agent to its identity helpers:
 //
 //	magic[8] "LNSBPF1\0"
 //	u32 audit arch, u32 instructions of the kernel program,
@@ -52,6 +58,9 @@ const magic = "LNSBPF1\x00"
 
 // MarshalBinary encodes the filter in native byte order.
 func (f *Filter) MarshalBinary() ([]byte, error) {
+	if f.bin != nil {
+		return f.bin, nil
+	}
 	decide := f.decideRaw
 	b := []byte(magic)
 	for _, v := range []uint32{f.Arch.AuditArch, uint32(len(f.notify)), uint32(len(decide)), 0} {
@@ -68,7 +77,7 @@ func (f *Filter) MarshalBinary() ([]byte, error) {
 }
 
 // UnmarshalFilter decodes what MarshalBinary wrote, for the native
-// architecture.
+// architecture. The filter keeps b, which must not change afterwards.
 func UnmarshalFilter(b []byte) (*Filter, error) {
 	arch, err := Native()
 	if err != nil {
@@ -99,7 +108,7 @@ func unmarshalFor(arch *Arch, b []byte) (*Filter, error) {
 	}
 	// The deciding program is checked when the first refusal needs it:
 	// the binary form comes from this program's own supervisor.
-	return &Filter{Arch: arch, notify: read(24, nk), decideRaw: read(24+8*nk, nd)}, nil
+	return &Filter{Arch: arch, notify: read(24, nk), decideRaw: read(24+8*nk, nd), bin: b}, nil
 }
 
 // Memfd returns the binary form in a sealed memory file, to hand to other

@@ -552,8 +552,9 @@ func killAfter(m *message) time.Duration {
 }
 
 // start resolves and starts the command of a run request, under the
-// agent's confinement: inherited from a filtered helper, or installed by
-// the exec trampoline, whose filter's refusals are reported to rep.
+// agent's confinement: inherited from a filtered helper, or set up as the
+// command starts (package spawn), whose filter's refusals are reported to
+// rep.
 func (a *agent) start(c conn, m *message, fds []int, rep *callReport) (*proc, *cmdError) {
 	if err := m.loadBody(fds); err != nil {
 		return nil, &cmdError{125, err.Error()}
@@ -573,23 +574,15 @@ func (a *agent) start(c conn, m *message, fds []int, rep *callReport) (*proc, *c
 	spec.files = [3]int{fds[0], fds[1], fds[2]}
 	spec.stack = m.StackLimit
 	files := []uintptr{uintptr(fds[0]), uintptr(fds[1]), uintptr(fds[2])}
-	report := -1
-	if a.conf.needsTrampoline(spec, a.filtered) {
-		var err error
-		if files, report, err = a.conf.trampoline(spec, !a.filtered); err != nil {
-			return nil, &cmdError{125, "start " + m.Argv[0] + ": " + err.Error()}
-		}
+	if a.conf.needsConfining(spec, a.filtered) {
+		a.conf.confine(spec, !a.filtered)
 	}
 	p, err := a.reaper.spawn(spec, files)
-	closeAll(spec.closeAfter)
 	if err != nil {
-		if report >= 0 {
-			_ = unix.Close(report)
-		}
 		return nil, execError(m.Argv[0], err)
 	}
-	if report >= 0 {
-		go a.conf.receiveListener(report, rep)
+	if p.listener >= 0 {
+		go a.conf.serve(p.listener, rep)
 	}
 	return p, nil
 }

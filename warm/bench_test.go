@@ -74,7 +74,7 @@ func BenchmarkWarmCallContainer(b *testing.B) {
 		user UserSpec
 	}{
 		// uid 1000 takes the nested user namespace; uid 0 in caller mode
-		// also goes through the capability-dropping trampoline.
+		// also drops its capabilities as it starts (package spawn).
 		{"caller-uid1000", UserSpec{Mode: "caller", UID: 1000, GID: 1000}},
 		{"caller-uid0", UserSpec{Mode: "caller", UID: 0, GID: 0}},
 		{"root", UserSpec{Mode: "root"}},

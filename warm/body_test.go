@@ -25,7 +25,7 @@ const latin1 = "caf\xe9 \xff\xfe na\xefve \x01\x7f"
 
 // TestExactBytes: argv, environment and working directory reach the
 // command byte for byte, whoever runs it (the agent, an identity helper,
-// the uid 0 trampoline) and however large the request is (inline, or in a
+// a confined start through package spawn) and however large the request is (inline, or in a
 // memfd past maxInline).
 func TestExactBytes(t *testing.T) {
 	tools := toolDir(t)

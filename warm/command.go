@@ -7,6 +7,10 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/spawn"
 )
 
 // cmdError is a failure to start a command, with the exit code the caller
@@ -28,10 +32,40 @@ type cmdSpec struct {
 	files [3]int
 	stack *uint64 // soft RLIMIT_STACK for the command; nil: the agent's
 	// dropCaps: the command is uid 0 of its own user namespace and must
-	// lose the capabilities that come with it (the exec trampoline does).
+	// lose the capabilities that come with it (package spawn does).
 	dropCaps bool
-	// closeAfter are fds of the child's the parent closes once it started.
-	closeAfter []int
+	// ident is the nested user namespace identity sys also describes, in
+	// the form package spawn takes; nil in root mode.
+	ident *spawn.Identity
+	// confine, when set, starts the command through package spawn.
+	confine *spawnConfinement
+}
+
+// spawnConfinement is what package spawn sets up in a command's process
+// between fork and exec.
+type spawnConfinement struct {
+	dropCaps bool
+	rlimitAS uint64
+	filter   []unix.SockFilter // nil: none, or inherited from this process
+}
+
+// attr is s as package spawn takes it, with the child's fds.
+func (s *cmdSpec) attr(files []uintptr) *spawn.Attr {
+	a := &spawn.Attr{
+		Path:     s.path,
+		Argv:     s.argv,
+		Env:      s.env,
+		Dir:      s.dir,
+		Setpgid:  s.sys != nil && s.sys.Setpgid,
+		User:     s.ident,
+		DropCaps: s.confine.dropCaps,
+		RlimitAS: s.confine.rlimitAS,
+		Filter:   s.confine.filter,
+	}
+	for _, f := range files {
+		a.Files = append(a.Files, int(f))
+	}
+	return a
 }
 
 // prepare validates a run request and turns it into a cmdSpec.
@@ -155,7 +189,11 @@ func executable(path string) error {
 
 // execError maps a failed fork/exec to the caller's exit code.
 func execError(name string, err error) *cmdError {
+	var se *spawn.Error
 	switch {
+	case errors.As(err, &se) && se.Step != "exec":
+		// The sandbox failed to confine the command, before its exec.
+		return &cmdError{125, fmt.Sprintf("start %s: %v", shown(name), err)}
 	case errors.Is(err, syscall.ENOENT):
 		return &cmdError{127, fmt.Sprintf("command not found: %s (or its interpreter)", shown(name))}
 	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM), errors.Is(err, syscall.ENOEXEC),
@@ -174,9 +212,9 @@ func execError(name string, err error) *cmdError {
 // which is the caller on the host). Files the caller owns then show as
 // owned by the target uid, files the command creates belong to the caller
 // on the host, and a non-zero uid loses every capability at exec. A target
-// uid of 0 would keep them, so that path goes through the exec
-// trampoline, which drops them (package seccomp). Supplementary groups are not supported: a nested
-// namespace without a privileged helper must deny setgroups.
+// uid of 0 would keep them, so that path starts through package spawn,
+// which drops them before exec. Supplementary groups are not supported: a
+// nested namespace without a privileged helper must deny setgroups.
 func (s *cmdSpec) setIdentity(u UserSpec) *cmdError {
 	s.sys = &syscall.SysProcAttr{Setpgid: true}
 	uid, gid, nested, cerr := target(u)
@@ -187,6 +225,7 @@ func (s *cmdSpec) setIdentity(u UserSpec) *cmdError {
 	s.sys.UidMappings = []syscall.SysProcIDMap{{ContainerID: int(uid), HostID: os.Getuid(), Size: 1}}
 	s.sys.GidMappings = []syscall.SysProcIDMap{{ContainerID: int(gid), HostID: os.Getgid(), Size: 1}}
 	s.sys.Credential = &syscall.Credential{Uid: uid, Gid: gid, NoSetGroups: true}
+	s.ident = &spawn.Identity{UID: uid, GID: gid, HostUID: uint32(os.Getuid()), HostGID: uint32(os.Getgid())}
 	s.dropCaps = uid == 0
 	return nil
 }

@@ -26,9 +26,6 @@ const (
 	// no cgroup can hold it). The agent and helpers are not limited: a Go
 	// runtime reserves far more address space than it uses.
 	envRlimitAS = "_LECTIC_NIX_SANDBOX_RLIMIT_AS"
-	// envExec asks the exec trampoline (package seccomp, trampoline.c) to
-	// confine the process and exec the command.
-	envExec = "_LECTIC_NIX_SANDBOX_EXEC"
 )
 
 // helperFilterFD is where an identity helper finds the filter.
@@ -37,7 +34,8 @@ const helperFilterFD = 4
 // confinement is what every command of an agent runs under.
 type confinement struct {
 	filter     *seccomp.Filter
-	filterFile *os.File // the filter's binary form, for helpers and the trampoline
+	filterFile *os.File          // the filter's binary form, for helpers
+	program    []unix.SockFilter // the filter's kernel program, for package spawn
 	rlimitAS   uint64
 }
 
@@ -60,7 +58,7 @@ func confinementFromEnv() (confinement, error) {
 	if err != nil {
 		return c, fmt.Errorf("no seccomp filter at fd %d: %w", fd, err)
 	}
-	c.filter, c.filterFile = filter, f
+	c.filter, c.filterFile, c.program = filter, f, filter.Program()
 	return c, nil
 }
 
@@ -91,67 +89,32 @@ func (c confinement) env() []string {
 	return env
 }
 
-// trampoline turns s into an exec of the trampoline that confines the
-// process and then execs s's command. It returns the fds the child needs
-// and, when a filter is installed, the agent's end of the socket its
-// listener arrives on (-1 otherwise).
-func (c confinement) trampoline(s *cmdSpec, withFilter bool) (files []uintptr, report int, err error) {
-	files = []uintptr{uintptr(s.files[0]), uintptr(s.files[1]), uintptr(s.files[2])}
-	ffd, rfd := -1, -1
-	report = -1
+// confine makes s start through package spawn, confined between fork and
+// exec: without capabilities (uid 0), under RLIMIT_AS, and, with
+// withFilter, under the filter, whose listener spawn hands back.
+func (c confinement) confine(s *cmdSpec, withFilter bool) {
+	s.confine = &spawnConfinement{dropCaps: s.dropCaps, rlimitAS: c.rlimitAS}
 	if withFilter && c.filter != nil {
-		pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			return nil, -1, fmt.Errorf("socketpair: %w", err)
-		}
-		files = append(files, c.filterFile.Fd(), uintptr(pair[1]))
-		ffd, rfd, report = 3, 4, pair[0]
-		s.closeAfter = append(s.closeAfter, pair[1])
+		s.confine.filter = c.program
 	}
-	drop := 0
-	if s.dropCaps {
-		drop = 1
-	}
-	s.env = append(append([]string(nil), s.env...),
-		fmt.Sprintf("%s=%d,%d,%d,%d,%s", envExec, drop, c.rlimitAS, ffd, rfd, s.path))
-	s.path = "/proc/self/exe"
-	return files, report, nil
 }
 
-// needsTrampoline says whether a command forked by this process must go
-// through the trampoline; filtered says whether this process is already
+// needsConfining says whether a command forked by this process must be
+// confined as it starts; filtered says whether this process is already
 // under the filter (a helper), so its children inherit it.
-func (c confinement) needsTrampoline(s *cmdSpec, filtered bool) bool {
+func (c confinement) needsConfining(s *cmdSpec, filtered bool) bool {
 	return s.dropCaps || c.rlimitAS > 0 || (c.filter != nil && !filtered)
 }
 
-// receiveListener waits for the listener the trampoline sends on report
-// and serves it for the command's life, reporting to rep.
-func (c confinement) receiveListener(report int, rep *callReport) {
-	defer unix.Close(report)
-	buf := make([]byte, 1)
-	oob := make([]byte, unix.CmsgSpace(4))
-	for {
-		_, oobn, _, _, err := unix.Recvmsg(report, buf, oob, unix.MSG_CMSG_CLOEXEC)
-		if err == unix.EINTR {
-			continue
+// serve answers the refusals of a command's filter for the command's life
+// and reports them to rep.
+func (c confinement) serve(listener int, rep *callReport) {
+	c.filter.Serve(listener, func(n *seccomp.Notification, d seccomp.Decision) {
+		comm := commOf(n.Pid)
+		if seccomp.Valid(listener, n.ID) {
+			rep.refused(c.filter, n, comm)
 		}
-		if err != nil {
-			return
-		}
-		fds, err := parseRights(oob[:oobn])
-		if err != nil || len(fds) != 1 {
-			closeAll(fds)
-			return
-		}
-		c.filter.Serve(fds[0], func(n *seccomp.Notification, d seccomp.Decision) {
-			comm := commOf(n.Pid)
-			if seccomp.Valid(fds[0], n.ID) {
-				rep.refused(c.filter, n, comm)
-			}
-		})
-		return
-	}
+	})
 }
 
 // callReport is where one call's refusals are reported: its stderr, one

@@ -115,11 +115,12 @@
 // helper installs it on itself before it forks anything, so its commands
 // inherit it; root-mode commands also go through a helper (with the
 // agent's identity) when there is a filter. Commands the agent forks
-// itself go through the exec trampoline, which installs the filter in the
-// command's process and hands the listener back. Whoever holds a listener
-// answers its refusals and writes one line per system call name to the
-// call's stderr. The agent and helpers are not dumpable. --memory without a
-// cgroup is RLIMIT_AS, set by the trampoline for each command.
+// itself start through package spawn, which installs the filter in the
+// command's process between fork and exec and hands the listener back.
+// Whoever holds a listener answers its refusals and writes one line per
+// system call name to the call's stderr. The agent and helpers are not
+// dumpable. --memory without a cgroup is RLIMIT_AS, set for each command
+// as it starts.
 //
 // # Identity
 //
@@ -136,7 +137,7 @@
 // command, forks it directly in a fresh nested namespace instead. For uid 0 (a caller who is host root)
 // the helper forks from a thread that dropped every capability, set
 // no_new_privs and locked securebits; if no helper can be started, such
-// commands go through the exec trampoline, which does the same before execve.
+// commands start through package spawn, which does the same before execve.
 // Supplementary groups are not set: a nested namespace made without a
 // privileged helper must deny setgroups.
 package warm

@@ -23,8 +23,8 @@ import (
 // client's connection and stdio over a socketpair (SCM_RIGHTS) and the
 // helper forks the command as itself. For uid 0 the helper forks from one
 // thread that dropped every capability (capabilities are per thread), so
-// the command starts without any, like the trampoline path that is used
-// when no helper can be started.
+// the command starts without any, as a command started through package
+// spawn does when no helper can be started.
 const envHelper = "_LECTIC_NIX_SANDBOX_HELPER"
 
 // envHelper's values: a uid 0 helper in a nested namespace drops its

@@ -43,7 +43,7 @@ func TestIdentity(t *testing.T) {
 		user     UserSpec
 		uid, gid string
 		noCaps   bool
-		nnp      bool // the capability-dropping trampoline also sets no_new_privs
+		nnp      bool // dropping capabilities as the command starts also sets no_new_privs
 	}{
 		{"caller", UserSpec{Mode: "caller", UID: 1234, GID: 2345}, "1234", "2345", true, false},
 		{"caller is root", UserSpec{Mode: "caller", UID: 0, GID: 0}, "0", "0", true, true},
@@ -81,7 +81,7 @@ func TestIdentity(t *testing.T) {
 						}
 					}
 					if c.nnp && (fieldOf(out, "NoNewPrivs") != "1" || strings.Trim(fieldOf(out, "CapBnd"), "0") != "") {
-						t.Errorf("trampoline left NoNewPrivs %s CapBnd %s", fieldOf(out, "NoNewPrivs"), fieldOf(out, "CapBnd"))
+						t.Errorf("uid 0 command has NoNewPrivs %s CapBnd %s", fieldOf(out, "NoNewPrivs"), fieldOf(out, "CapBnd"))
 					}
 					fi, err := os.Stat(filepath.Join(work, "created"))
 					if err != nil {

@@ -9,6 +9,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/spawn"
 )
 
 // exitStatus is how a command ended: its exit code, or the signal that
@@ -20,6 +22,9 @@ type proc struct {
 	pid    int
 	r      *reaper
 	exited chan exitStatus // receives exactly one status
+	// listener is the seccomp listener of a filter installed as the
+	// command started (package spawn), for the agent to serve; -1: none.
+	listener int
 }
 
 // reaper is the agent's only waiter. As PID 1 (or a subreaper) the agent
@@ -43,11 +48,11 @@ func newReaper() *reaper {
 func (r *reaper) spawn(s *cmdSpec, files []uintptr) (*proc, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	pid, err := r.forkExec(s, files)
+	pid, listener, err := r.forkExec(s, files)
 	if err != nil {
 		return nil, err
 	}
-	p := &proc{pid: pid, r: r, exited: make(chan exitStatus, 1)}
+	p := &proc{pid: pid, r: r, exited: make(chan exitStatus, 1), listener: listener}
 	r.procs[pid] = p
 	return p, nil
 }
@@ -57,15 +62,20 @@ func (r *reaper) spawn(s *cmdSpec, files []uintptr) (*proc, error) {
 func (r *reaper) spawnFiles(s *cmdSpec, files []uintptr) (int, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.forkExec(s, files)
+	pid, _, err := r.forkExec(s, files)
+	return pid, err
 }
 
-// forkExec starts s; r.mu is held.
-func (r *reaper) forkExec(s *cmdSpec, files []uintptr) (int, error) {
+// forkExec starts s, confined as it starts when s.confine is set (then
+// listener is its filter's, or -1); r.mu is held.
+func (r *reaper) forkExec(s *cmdSpec, files []uintptr) (pid, listener int, err error) {
 	defer withStackLimit(s.stack)()
-	var pid int
-	var err error
+	listener = -1
 	fork := func() {
+		if s.confine != nil {
+			pid, listener, err = spawn.Start(s.attr(files))
+			return
+		}
 		pid, err = syscall.ForkExec(s.path, s.argv, &syscall.ProcAttr{Dir: s.dir, Env: s.env, Files: files, Sys: s.sys})
 	}
 	if r.runOn != nil {
@@ -74,13 +84,13 @@ func (r *reaper) forkExec(s *cmdSpec, files []uintptr) (int, error) {
 		fork()
 	}
 	if err != nil {
-		return 0, err
+		return 0, -1, err
 	}
 	select {
 	case r.kick <- struct{}{}:
 	default:
 	}
-	return pid, nil
+	return pid, listener, nil
 }
 
 // kill signals the command's process group while the command is alive
