@@ -3,6 +3,7 @@ package main
 import (
 	"io"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
 )
@@ -89,6 +90,41 @@ func TestPlan(t *testing.T) {
 	for _, tt := range tests {
 		if got := newPlan(tt.n, tt.quick); got != tt.want {
 			t.Errorf("newPlan(%d, %v) = %+v, want %+v", tt.n, tt.quick, got, tt.want)
+		}
+	}
+}
+
+// TestRoundOrder: over n rounds every run is measured in every position
+// exactly once, starting with the first run in round 0.
+func TestRoundOrder(t *testing.T) {
+	for _, tc := range []struct {
+		i, n int
+		want []int
+	}{
+		{0, 1, []int{0}},
+		{0, 2, []int{0, 1}},
+		{1, 2, []int{1, 0}},
+		{2, 2, []int{0, 1}},
+		{4, 3, []int{1, 2, 0}},
+	} {
+		if got := roundOrder(tc.i, tc.n); !slices.Equal(got, tc.want) {
+			t.Errorf("roundOrder(%d, %d) = %v, want %v", tc.i, tc.n, got, tc.want)
+		}
+	}
+	for n := 1; n <= 4; n++ {
+		seen := make([]map[int]bool, n)
+		for i := range n {
+			for pos, k := range roundOrder(i, n) {
+				if seen[pos] == nil {
+					seen[pos] = map[int]bool{}
+				}
+				seen[pos][k] = true
+			}
+		}
+		for pos := range n {
+			if len(seen[pos]) != n {
+				t.Errorf("n=%d: position %d held runs %v, want all %d", n, pos, seen[pos], n)
+			}
 		}
 	}
 }

@@ -179,11 +179,14 @@ type pairRun struct {
 }
 
 // measureAlternately times the runs in turn, iters rounds, so slow minutes
-// of a shared machine fall on all of them alike.
+// of a shared machine fall on all of them alike. Each round starts with the
+// next run (roundOrder): on a shared two-core machine a run's position in a
+// fixed order was worth several milliseconds of cold start.
 func (b *bench) measureAlternately(ctx context.Context, iters int, runs []*pairRun) error {
-	_, err := b.measure(ctx, iters, func(int) (time.Duration, error) {
+	_, err := b.measure(ctx, iters, func(i int) (time.Duration, error) {
 		var total time.Duration
-		for _, pr := range runs {
+		for _, k := range roundOrder(i, len(runs)) {
+			pr := runs[k]
 			d, err := b.l.Time(pr.p)
 			if err != nil {
 				return 0, err
@@ -194,6 +197,16 @@ func (b *bench) measureAlternately(ctx context.Context, iters int, runs []*pairR
 		return total, nil
 	})
 	return err
+}
+
+// roundOrder is the order of n runs in round i: rotated by i, so over n
+// rounds every run takes every position once.
+func roundOrder(i, n int) []int {
+	order := make([]int, n)
+	for k := range order {
+		order[k] = (i + k) % n
+	}
+	return order
 }
 
 func (b *bench) recordAll(runs []*pairRun, err error) []Result {
