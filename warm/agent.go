@@ -571,12 +571,9 @@ func (a *agent) start(c conn, m *message, fds []int, rep *callReport) (*proc, *c
 	if !tell(c, &message{Type: msgNotice, Notice: m.Notice, Missing: missing, Hint: hint}) {
 		return nil, errClientGone
 	}
-	spec.files = [3]int{fds[0], fds[1], fds[2]}
 	spec.stack = m.StackLimit
 	files := []uintptr{uintptr(fds[0]), uintptr(fds[1]), uintptr(fds[2])}
-	if a.conf.needsConfining(spec, a.filtered) {
-		a.conf.confine(spec, !a.filtered)
-	}
+	a.conf.confine(spec, a.filtered)
 	p, err := a.reaper.spawn(spec, files)
 	if err != nil {
 		return nil, execError(m.Argv[0], err)

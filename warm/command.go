@@ -29,14 +29,10 @@ type cmdSpec struct {
 	env   []string
 	dir   string
 	sys   *syscall.SysProcAttr
-	files [3]int
 	stack *uint64 // soft RLIMIT_STACK for the command; nil: the agent's
 	// dropCaps: the command is uid 0 of its own user namespace and must
 	// lose the capabilities that come with it (package spawn does).
 	dropCaps bool
-	// ident is the nested user namespace identity sys also describes, in
-	// the form package spawn takes; nil in root mode.
-	ident *spawn.Identity
 	// confine, when set, starts the command through package spawn.
 	confine *spawnConfinement
 }
@@ -44,7 +40,6 @@ type cmdSpec struct {
 // spawnConfinement is what package spawn sets up in a command's process
 // between fork and exec.
 type spawnConfinement struct {
-	dropCaps bool
 	rlimitAS uint64
 	filter   []unix.SockFilter // nil: none, or inherited from this process
 }
@@ -57,8 +52,8 @@ func (s *cmdSpec) attr(files []uintptr) *spawn.Attr {
 		Env:      s.env,
 		Dir:      s.dir,
 		Setpgid:  s.sys != nil && s.sys.Setpgid,
-		User:     s.ident,
-		DropCaps: s.confine.dropCaps,
+		User:     s.identity(),
+		DropCaps: s.dropCaps,
 		RlimitAS: s.confine.rlimitAS,
 		Filter:   s.confine.filter,
 	}
@@ -66,6 +61,19 @@ func (s *cmdSpec) attr(files []uintptr) *spawn.Attr {
 		a.Files = append(a.Files, int(f))
 	}
 	return a
+}
+
+// identity is the nested user namespace that s.sys describes, as package
+// spawn takes it; nil in root mode.
+func (s *cmdSpec) identity() *spawn.Identity {
+	if s.sys == nil || s.sys.Cloneflags&syscall.CLONE_NEWUSER == 0 || s.sys.Credential == nil ||
+		len(s.sys.UidMappings) != 1 || len(s.sys.GidMappings) != 1 {
+		return nil
+	}
+	return &spawn.Identity{
+		UID: s.sys.Credential.Uid, GID: s.sys.Credential.Gid,
+		HostUID: uint32(s.sys.UidMappings[0].HostID), HostGID: uint32(s.sys.GidMappings[0].HostID),
+	}
 }
 
 // prepare validates a run request and turns it into a cmdSpec.
@@ -225,7 +233,6 @@ func (s *cmdSpec) setIdentity(u UserSpec) *cmdError {
 	s.sys.UidMappings = []syscall.SysProcIDMap{{ContainerID: int(uid), HostID: os.Getuid(), Size: 1}}
 	s.sys.GidMappings = []syscall.SysProcIDMap{{ContainerID: int(gid), HostID: os.Getgid(), Size: 1}}
 	s.sys.Credential = &syscall.Credential{Uid: uid, Gid: gid, NoSetGroups: true}
-	s.ident = &spawn.Identity{UID: uid, GID: gid, HostUID: uint32(os.Getuid()), HostGID: uint32(os.Getgid())}
 	s.dropCaps = uid == 0
 	return nil
 }

@@ -89,21 +89,20 @@ func (c confinement) env() []string {
 	return env
 }
 
-// confine makes s start through package spawn, confined between fork and
-// exec: without capabilities (uid 0), under RLIMIT_AS, and, with
-// withFilter, under the filter, whose listener spawn hands back.
-func (c confinement) confine(s *cmdSpec, withFilter bool) {
-	s.confine = &spawnConfinement{dropCaps: s.dropCaps, rlimitAS: c.rlimitAS}
-	if withFilter && c.filter != nil {
+// confine makes s start through package spawn when it must be confined as
+// it starts: without capabilities (uid 0), under RLIMIT_AS, or under the
+// filter, whose listener spawn hands back. filtered says whether this
+// process is already under the filter (a helper), so its children inherit
+// it.
+func (c confinement) confine(s *cmdSpec, filtered bool) {
+	withFilter := c.filter != nil && !filtered
+	if !s.dropCaps && c.rlimitAS == 0 && !withFilter {
+		return
+	}
+	s.confine = &spawnConfinement{rlimitAS: c.rlimitAS}
+	if withFilter {
 		s.confine.filter = c.program
 	}
-}
-
-// needsConfining says whether a command forked by this process must be
-// confined as it starts; filtered says whether this process is already
-// under the filter (a helper), so its children inherit it.
-func (c confinement) needsConfining(s *cmdSpec, filtered bool) bool {
-	return s.dropCaps || c.rlimitAS > 0 || (c.filter != nil && !filtered)
 }
 
 // serve answers the refusals of a command's filter for the command's life
