@@ -306,27 +306,23 @@ func argChecks(a *assembler, conds []specs.LinuxSeccompArg, fail label) {
 			a.jump(bpf.JumpEqual, vHi, next, ok)
 			a.loadWord(lo)
 			a.jump(bpf.JumpEqual, vLo, fail, ok)
-		case specs.OpGreaterThan, specs.OpGreaterEqual:
-			lowTest := bpf.JumpGreaterThan
-			if c.Op == specs.OpGreaterEqual {
+		case specs.OpGreaterThan, specs.OpGreaterEqual, specs.OpLessThan, specs.OpLessEqual:
+			// a > v and a >= v compare as they read; a < v is !(a >= v)
+			// and a <= v is !(a > v): the same test, ok and fail swapped.
+			lowTest, yes, no := bpf.JumpGreaterThan, ok, fail
+			switch c.Op {
+			case specs.OpGreaterEqual:
 				lowTest = bpf.JumpGreaterOrEqual
+			case specs.OpLessThan:
+				lowTest, yes, no = bpf.JumpGreaterOrEqual, fail, ok
+			case specs.OpLessEqual:
+				yes, no = fail, ok
 			}
 			a.loadWord(hi)
-			a.jump(bpf.JumpGreaterThan, vHi, ok, next)
-			a.jump(bpf.JumpEqual, vHi, next, fail)
+			a.jump(bpf.JumpGreaterThan, vHi, yes, next)
+			a.jump(bpf.JumpEqual, vHi, next, no)
 			a.loadWord(lo)
-			a.jump(lowTest, vLo, ok, fail)
-		case specs.OpLessThan, specs.OpLessEqual:
-			// a < v  is  !(a >= v);  a <= v  is  !(a > v)
-			lowTest := bpf.JumpGreaterOrEqual
-			if c.Op == specs.OpLessEqual {
-				lowTest = bpf.JumpGreaterThan
-			}
-			a.loadWord(hi)
-			a.jump(bpf.JumpGreaterThan, vHi, fail, next)
-			a.jump(bpf.JumpEqual, vHi, next, ok)
-			a.loadWord(lo)
-			a.jump(lowTest, vLo, fail, ok)
+			a.jump(lowTest, vLo, yes, no)
 		case specs.OpMaskedEqual:
 			mHi, mLo := vHi, vLo
 			wHi, wLo := uint32(c.ValueTwo>>32), uint32(c.ValueTwo)
