@@ -91,7 +91,7 @@ func Start(a *Attr) (pid, listener int, err error) {
 	if len(a.Filter) > 0xffff {
 		return -1, -1, errors.New("start: seccomp filter too long")
 	}
-	var b cStrings
+	var b cMem
 	defer b.free()
 	var s C.struct_lns_spawn
 	if s.path, err = b.str(a.Path); err != nil {
@@ -147,11 +147,11 @@ func cBool(b bool) C.int {
 	return 0
 }
 
-// cStrings owns the C copies of what Start hands to C until it returns:
+// cMem owns the C memory of what Start hands to C until it returns:
 // the request is a C struct, which cgo's rules forbid to hold Go pointers.
-type cStrings struct{ ptrs []unsafe.Pointer }
+type cMem struct{ ptrs []unsafe.Pointer }
 
-func (b *cStrings) alloc(n C.size_t) unsafe.Pointer {
+func (b *cMem) alloc(n C.size_t) unsafe.Pointer {
 	if n == 0 {
 		n = 1
 	}
@@ -160,7 +160,7 @@ func (b *cStrings) alloc(n C.size_t) unsafe.Pointer {
 	return p
 }
 
-func (b *cStrings) ints(v []int) *C.int {
+func (b *cMem) ints(v []int) *C.int {
 	p := b.alloc(C.size_t(len(v)) * C.size_t(unsafe.Sizeof(C.int(0))))
 	arr := unsafe.Slice((*C.int)(p), len(v))
 	for i, x := range v {
@@ -169,7 +169,7 @@ func (b *cStrings) ints(v []int) *C.int {
 	return (*C.int)(p)
 }
 
-func (b *cStrings) str(s string) (*C.char, error) {
+func (b *cMem) str(s string) (*C.char, error) {
 	for i := 0; i < len(s); i++ {
 		if s[i] == 0 {
 			return nil, fmt.Errorf("start: %q contains a NUL byte", s)
@@ -180,7 +180,7 @@ func (b *cStrings) str(s string) (*C.char, error) {
 	return p, nil
 }
 
-func (b *cStrings) array(ss []string) (**C.char, error) {
+func (b *cMem) array(ss []string) (**C.char, error) {
 	n := len(ss) + 1
 	p := b.alloc(C.size_t(n) * C.size_t(unsafe.Sizeof((*C.char)(nil))))
 	arr := unsafe.Slice((**C.char)(p), n)
@@ -195,7 +195,7 @@ func (b *cStrings) array(ss []string) (**C.char, error) {
 	return (**C.char)(p), nil
 }
 
-func (b *cStrings) free() {
+func (b *cMem) free() {
 	for _, p := range b.ptrs {
 		C.free(p)
 	}
