@@ -44,6 +44,16 @@ func startHostHTTP(t *testing.T) *hostHTTP {
 		w.Header().Set("Content-Length", strconv.Itoa(len(big)))
 		_, _ = w.Write(big)
 	})
+	mux.HandleFunc("/drip", func(w http.ResponseWriter, r *http.Request) {
+		// One line, then the connection stays open until the client
+		// goes (or 10 s pass), so the client can look at it while open.
+		fmt.Fprintf(w, "first\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-r.Context().Done():
+		case <-time.After(10 * time.Second):
+		}
+	})
 	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
 		// Holds each connection open long enough for all to overlap.
 		time.Sleep(300 * time.Millisecond)
@@ -169,7 +179,9 @@ func TestNetworkAllowDomain(t *testing.T) {
 		})
 		t.Run("fast path", func(t *testing.T) {
 			o := runOpts{env: []string{"_LECTIC_NIX_SANDBOX_FAST=require"}}
-			script := "wget -q -O - http://allowed.test:" + p + "/; " + get("denied.test", h.port, "/")
+			// The refused nc fails (exit 1); the call must succeed for its
+			// ticket to be left.
+			script := "wget -q -O - http://allowed.test:" + p + "/; " + get("denied.test", h.port, "/") + "; true"
 			args := append(h.netArgs(), "sh", "-c", script)
 			settle(t, suite.images["busybox"], wd)
 			wantOK(t, u.sandbox(t, wd, runOpts{}, args...)) // leaves the ticket
@@ -178,6 +190,45 @@ func TestNetworkAllowDomain(t *testing.T) {
 				t.Fatalf("fast path: %v", r)
 			}
 			wantLine(t, r, "blocked connection to denied.test:"+p+" (matches --deny-domain denied.test)")
+		})
+	})
+}
+
+// TestNetworkConnectionsMadeOnHost: an allowed connection is made by the
+// supervisor on the host and handed to the command, so no byte goes
+// through a relay; with --seccomp off (no filter to intercept connect with)
+// the same connection is relayed. A refused one fails in connect itself,
+// after its line.
+func TestNetworkConnectionsMadeOnHost(t *testing.T) {
+	h := startHostHTTP(t)
+	p := strconv.Itoa(h.port)
+	forEachUser(t, func(t *testing.T, u *testUser) {
+		wd := u.workdir(t)
+		for _, tt := range []struct {
+			name  string
+			extra []string
+			here  string // connections to the port in the container's namespace
+		}{
+			{"made on the host", nil, "here: 0\n"},
+			{"relayed without a filter", []string{"--seccomp", "off"}, "here: 2\n"},
+		} {
+			t.Run(tt.name, func(t *testing.T) {
+				args := append(append(h.netArgs(), tt.extra...), "probe", "hold-conn", "allowed.test:"+p, "/drip")
+				r := u.sandbox(t, wd, runOpts{}, args...)
+				if r.code != 0 || r.stdout != "first: ok\n"+tt.here {
+					t.Fatalf("want %q: %v", "first: ok\n"+tt.here, r)
+				}
+			})
+		}
+		t.Run("a refused connect fails at once, after its line", func(t *testing.T) {
+			r := u.sandbox(t, wd, runOpts{}, append(h.netArgs(), "sh", "-c", "nc denied.test "+p+" </dev/null; echo nc=$?")...)
+			line := "lectic-nix-sandbox: blocked connection to denied.test:" + p + " (matches --deny-domain denied.test)\n"
+			if r.stdout != "nc=1\n" || !strings.Contains(r.stderr, "Connection refused") {
+				t.Fatalf("want nc to fail with connection refused: %v", r)
+			}
+			if i := strings.Index(r.stderr, line); i < 0 || i > strings.Index(r.stderr, "Connection refused") {
+				t.Fatalf("want the line before nc's error: %v", r)
+			}
 		})
 	})
 }

@@ -26,7 +26,10 @@
 //     (getsockname), which names the name. The supervisor checks name and
 //     port, resolves the name on the host, refuses addresses that are not
 //     public unless --add-host named them, connects, and relays the two
-//     connections (relay.go says how, and why not splice(2)).
+//     connections (relay.go says how, and why not splice(2)). Where
+//     commands run under a seccomp filter, most connections never reach
+//     these sockets: the supervisor makes them on the host in the
+//     command's place (connect.go), and the relay serves the rest.
 //   - The proxy endpoint on 127.0.0.1 (netpolicy.Policy.ProxyPort): HTTP
 //     CONNECT, absolute-form HTTP and SOCKS5, ending in the same decision.
 //   - Observers: packet sockets on lo with a BPF filter that passes only

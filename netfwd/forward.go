@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/netpolicy"
 )
 
@@ -29,7 +31,8 @@ const (
 type failure struct {
 	verb   string
 	reason string
-	socks  byte // SOCKS5 reply code
+	socks  byte       // SOCKS5 reply code
+	sysErr unix.Errno // what a connect made in the command's place returns; 0 is ECONNREFUSED
 }
 
 func blocked(reason string) *failure {
@@ -51,31 +54,21 @@ type request struct {
 // the address it was accepted on.
 func (n *Net) forwardConn(c *net.TCPConn) {
 	dst := addrPortOf(c.LocalAddr())
-	host, known := n.names.hostOf(dst.Addr())
+	host, f := n.destination(dst)
 	req := &request{client: c, host: host, port: dst.Port()}
-	switch {
-	case dst.Addr().Unmap().IsLoopback():
-		n.refuse(req, blocked(fmt.Sprintf("the sandbox's own loopback; to reach the host's, name it: --add-host NAME:%s --allow-domain NAME:%d", dst.Addr().Unmap(), dst.Port())))
-	case !known:
-		n.refuse(req, blocked("an address the sandbox's DNS did not hand out; connect by name"))
-	default:
-		n.connect(req)
+	if f != nil {
+		n.refuse(req, f)
+		return
 	}
+	n.connect(req)
 }
 
 // connect applies the policy to req, makes the connection on the host side
 // and joins the two.
 func (n *Net) connect(req *request) {
-	if v := n.policy.Check(req.host, req.port); !v.Allowed {
-		n.refuse(req, blocked(v.Reason))
-		return
-	}
 	ctx, cancel := context.WithTimeout(n.ctx, dialTimeout)
 	defer cancel()
-	addrs, f := n.resolve(ctx, req.host)
-	if f == nil {
-		addrs, f = n.notDenied(req.host, addrs, req.port)
-	}
+	addrs, f := n.decide(ctx, req.host, req.port)
 	if f != nil {
 		n.refuse(req, f)
 		return
@@ -86,6 +79,19 @@ func (n *Net) connect(req *request) {
 		return
 	}
 	n.join(req, server)
+}
+
+// decide applies the policy to a connection to host:port and returns the
+// host-side addresses it may go to, in order.
+func (n *Net) decide(ctx context.Context, host netpolicy.Host, port uint16) ([]netip.Addr, *failure) {
+	if v := n.policy.Check(host, port); !v.Allowed {
+		return nil, blocked(v.Reason)
+	}
+	addrs, f := n.resolve(ctx, host)
+	if f == nil {
+		addrs, f = n.notDenied(host, addrs, port)
+	}
+	return addrs, f
 }
 
 // join completes the proxy handshake, if any, and relays the connection.
@@ -179,11 +185,15 @@ func dialAny(ctx context.Context, addrs []netip.Addr, port uint16) (*net.TCPConn
 // dialFailure words a failed connect for the caller.
 func dialFailure(err error) *failure {
 	f := &failure{verb: verbFailed, reason: shortErr(err), socks: socksFailure}
+	var errno unix.Errno
+	if errors.As(err, &errno) {
+		f.sysErr = errno
+	}
 	switch {
 	case errors.Is(err, syscall.ECONNREFUSED):
 		f.reason, f.socks = "connection refused", socksRefused
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, syscall.ETIMEDOUT), errors.Is(err, os.ErrDeadlineExceeded):
-		f.reason, f.socks = "timed out", socksTTLExpired
+		f.reason, f.socks, f.sysErr = "timed out", socksTTLExpired, unix.ETIMEDOUT
 	case errors.Is(err, syscall.ENETUNREACH):
 		f.reason, f.socks = "network unreachable", socksNetUnreachable
 	case errors.Is(err, syscall.EHOSTUNREACH):

@@ -53,6 +53,9 @@ type Net struct {
 	dnsUDP    []*net.UDPConn
 	dnsTCP    []*net.TCPListener
 	observers []*os.File
+	// connects is the supervisor's end of the connect channel, if the
+	// agent intercepts connect(2) (see connect.go).
+	connects *net.UnixConn
 	// observeErr is why an observer could not be opened, if one could not.
 	observeErr error
 
@@ -195,6 +198,9 @@ func (n *Net) Start(rep Reporter) {
 	for _, f := range n.observers {
 		n.goServe(func() { n.observeLoop(f) })
 	}
+	if n.connects != nil {
+		n.goServe(func() { n.serveConnects(n.connects) })
+	}
 }
 
 func (n *Net) goServe(f func()) {
@@ -333,5 +339,8 @@ func (n *Net) closeSockets() {
 	}
 	for _, f := range n.observers {
 		f.Close()
+	}
+	if n.connects != nil {
+		n.connects.Close()
 	}
 }

@@ -31,6 +31,9 @@ type Refusal struct {
 	Proto  string `json:"proto"`
 	Client string `json:"client,omitempty"`
 	Server string `json:"server,omitempty"`
+	// Pid is the process that made the connection, in the agent's pid
+	// namespace, when that is known (a connect made in its place).
+	Pid int `json:"pid,omitempty"`
 	// Open says the connection waits for the line before it is reset;
 	// the sender then waits for the agent's answer.
 	Open bool `json:"-"`

@@ -53,6 +53,10 @@ type Filter struct {
 	// bin is the binary form this filter was read from, if it was: a
 	// container start hands the precompiled default on as it is.
 	bin []byte
+	// intercepted are the calls the kernel program sends to the listener
+	// even where the profile allows them (Intercept). The binary form
+	// does not keep them: a filter read back is a plain one.
+	intercepted map[int32]bool
 }
 
 // rule is one alternative for a system call: all conds hold -> action.

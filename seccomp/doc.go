@@ -42,9 +42,19 @@
 // ENOSYS to a listener as SECCOMP_RET_USER_NOTIF; Filter.Serve answers each
 // with the errno the profile gives it (found by running the same program,
 // with errnos in place of notifications, in x/net/bpf's VM) after a report
-// callback has named it (Filter.Describe). Answers are always refusals: no
-// notification ever lets a call through, so a listener that dies or is
-// fooled can only turn a refusal into ENOSYS. A filter with a listener
+// callback has named it (Filter.Describe). A refused call is always
+// answered with a refusal: no answer lets through a call the profile does
+// not allow, so a listener that dies or is fooled can only turn a refusal
+// into ENOSYS.
+//
+// # Intercepting allowed calls
+//
+// Filter.Intercept prefixes the kernel program so that some calls the
+// profile allows (connect(2), for package netfwd) reach the listener too;
+// ServeIntercepting hands them to a callback that carries them out in the
+// caller's place (PlaceFD, Return) or lets them go on as made (Continue).
+// Only calls the profile allows are intercepted, so the answers can make
+// no call possible that the profile refuses. A filter with a listener
 // cannot be stacked with another listener, so a command cannot install a
 // filter with SECCOMP_FILTER_FLAG_NEW_LISTENER of its own.
 //

@@ -61,6 +61,11 @@ func (f *Filter) MarshalBinary() ([]byte, error) {
 	if f.bin != nil {
 		return f.bin, nil
 	}
+	if len(f.intercepted) > 0 {
+		// Read back, it would refuse what it intercepts: hand on the
+		// filter it was made from instead.
+		return nil, errors.New("an intercepting seccomp filter has no binary form")
+	}
 	decide := f.decideRaw
 	b := []byte(magic)
 	for _, v := range []uint32{f.Arch.AuditArch, uint32(len(f.notify)), uint32(len(decide)), 0} {

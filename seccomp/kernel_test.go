@@ -17,7 +17,11 @@ import (
 const envChild = "_LNS_SECCOMP_TEST_CHILD"
 
 func TestMain(m *testing.M) {
-	if os.Getenv(envChild) != "" {
+	switch os.Getenv(envChild) {
+	case "":
+	case "intercept":
+		os.Exit(interceptChild())
+	default:
 		os.Exit(kernelChild())
 	}
 	os.Exit(m.Run())

@@ -31,6 +31,15 @@ type notifResp struct {
 // slow report delays only that call) and may look at the process while
 // it waits. Serve closes listener when it returns.
 func (f *Filter) Serve(listener int, report func(n *Notification, d Decision)) {
+	f.ServeIntercepting(listener, report, nil)
+}
+
+// ServeIntercepting is Serve for a filter from Intercept: an intercepted
+// call the profile allows goes to intercept (on its own goroutine), which
+// must answer it (Continue, PlaceFD and Return) or leave it to the caller's
+// death; without intercept such a call continues as made. An intercepted
+// call the profile refuses is refused and reported like any other.
+func (f *Filter) ServeIntercepting(listener int, report func(n *Notification, d Decision), intercept func(listener int, n *Notification)) {
 	var answering sync.WaitGroup
 	defer unix.Close(listener)
 	defer answering.Wait()
@@ -46,13 +55,23 @@ func (f *Filter) Serve(listener int, report func(n *Notification, d Decision)) {
 		answering.Add(1)
 		go func() {
 			defer answering.Done()
+			if d.Allowed && f.Intercepts(&n.Data) {
+				// The profile allows it: only the interceptor's answer
+				// can differ from running it.
+				if intercept == nil {
+					_ = Continue(listener, n.ID)
+					return
+				}
+				intercept(listener, n)
+				return
+			}
 			if report != nil {
 				report(n, d)
 			}
 			errno := d.Errno
 			if errno == 0 {
-				// Anything notified is refused; no answer ever lets a
-				// call through.
+				// Anything notified and not intercepted is refused: no
+				// answer lets through a call the profile does not allow.
 				errno = unix.EPERM
 			}
 			respond(listener, n.ID, errno)

@@ -22,14 +22,22 @@ const (
 	// envSeccomp names the fd that holds the compiled filter
 	// (seccomp.Filter's binary form) every command runs under.
 	envSeccomp = "_LECTIC_NIX_SANDBOX_SECCOMP"
+	// envConnects names the fd on which an agent with an allow-list and
+	// a filter, and its helpers, hand their commands' connect(2) calls to
+	// the supervisor, which makes the allowed ones on the host
+	// (netfwd.Connects).
+	envConnects = "_LECTIC_NIX_SANDBOX_CONNECTS"
 	// envRlimitAS is RLIMIT_AS in bytes for every command (--memory where
 	// no cgroup can hold it). The agent and helpers are not limited: a Go
 	// runtime reserves far more address space than it uses.
 	envRlimitAS = "_LECTIC_NIX_SANDBOX_RLIMIT_AS"
 )
 
-// helperFilterFD is where an identity helper finds the filter.
-const helperFilterFD = 4
+// Where an identity helper finds the filter and the connect channel.
+const (
+	helperFilterFD   = 4
+	helperConnectsFD = 5
+)
 
 // confinement is what every command of an agent runs under.
 type confinement struct {
@@ -37,6 +45,12 @@ type confinement struct {
 	filterFile *os.File          // the filter's binary form, for helpers
 	program    []unix.SockFilter // the filter's kernel program, for package spawn
 	rlimitAS   uint64
+	// intercepting is filter with connect(2) intercepted, when commands
+	// connect through the supervisor (connects, for an allow-list):
+	// commands then run under it, and program is its.
+	intercepting *seccomp.Filter
+	connects     *netfwd.Connects
+	connectsFile *os.File // the channel, for helpers
 }
 
 // confinementFromEnv reads the confinement an agent or helper was given.
@@ -59,7 +73,51 @@ func confinementFromEnv() (confinement, error) {
 		return c, fmt.Errorf("no seccomp filter at fd %d: %w", fd, err)
 	}
 	c.filter, c.filterFile, c.program = filter, f, filter.Program()
+	if fd, ok, err := fdFromEnv(envConnects); err != nil || !ok {
+		return c, err
+	} else if err := c.interceptConnects(os.NewFile(uintptr(fd), "connects")); err != nil {
+		return c, err
+	}
 	return c, nil
+}
+
+// interceptConnects makes commands connect through the supervisor over
+// the channel f: their filter sends connect(2) to the listener, which
+// hands it on (netfwd.Connects).
+func (c *confinement) interceptConnects(f *os.File) error {
+	connects, err := netfwd.NewConnects(f)
+	if err != nil {
+		return err
+	}
+	filter, err := c.filter.Intercept("connect")
+	if err != nil {
+		connects.Close()
+		return err
+	}
+	c.intercepting, c.connects, c.connectsFile, c.program = filter, connects, f, filter.Program()
+	return nil
+}
+
+// kernelFilter is the filter a process installs on itself to confine
+// what it starts.
+func (c confinement) kernelFilter() *seccomp.Filter {
+	if c.intercepting != nil {
+		return c.intercepting
+	}
+	return c.filter
+}
+
+// files are the fds a helper needs to inherit c, in env's order from
+// helperFilterFD on.
+func (c confinement) files() []uintptr {
+	var files []uintptr
+	if c.filter != nil {
+		files = append(files, c.filterFile.Fd())
+		if c.connectsFile != nil {
+			files = append(files, c.connectsFile.Fd())
+		}
+	}
+	return files
 }
 
 // fdFromEnv reads the fd number a variable names: ok is false when it is
@@ -82,6 +140,9 @@ func (c confinement) env() []string {
 	var env []string
 	if c.filter != nil {
 		env = append(env, envSeccomp+"="+strconv.Itoa(helperFilterFD))
+		if c.connectsFile != nil {
+			env = append(env, envConnects+"="+strconv.Itoa(helperConnectsFD))
+		}
 	}
 	if c.rlimitAS > 0 {
 		env = append(env, envRlimitAS+"="+strconv.FormatUint(c.rlimitAS, 10))
@@ -108,10 +169,26 @@ func (c confinement) confine(s *cmdSpec, filtered bool) {
 // serve answers the refusals of a command's filter for the command's life
 // and reports them to rep.
 func (c confinement) serve(listener int, rep *callReport) {
-	c.filter.Serve(listener, func(n *seccomp.Notification, d seccomp.Decision) {
+	c.serveListener(listener, func(n *seccomp.Notification, d seccomp.Decision) {
 		comm := commOf(n.Pid)
 		if seccomp.Valid(listener, n.ID) {
 			rep.refused(c.filter, n, comm)
+		}
+	})
+}
+
+// serveListener answers the notifications of listener: refusals after
+// report has seen them, intercepted connects by the supervisor.
+func (c confinement) serveListener(listener int, report func(*seccomp.Notification, seccomp.Decision)) {
+	if c.intercepting == nil {
+		c.filter.Serve(listener, report)
+		return
+	}
+	c.intercepting.ServeIntercepting(listener, report, func(listener int, n *seccomp.Notification) {
+		if err := c.connects.Hand(listener, n); err != nil {
+			// Made in the container's namespace, the call still
+			// reaches only the relay, which decides it there.
+			_ = seccomp.Continue(listener, n.ID)
 		}
 	})
 }

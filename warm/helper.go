@@ -134,10 +134,7 @@ func (a *agent) startHelper(key helperKey) (*helper, error) {
 			Credential:  &syscall.Credential{Uid: key.uid, Gid: key.gid, NoSetGroups: true},
 		}
 	}
-	files := []uintptr{0, 2, 2, uintptr(fds[1])}
-	if a.conf.filter != nil {
-		files = append(files, a.conf.filterFile.Fd())
-	}
+	files := append([]uintptr{0, 2, 2, uintptr(fds[1])}, a.conf.files()...)
 	pid, err := a.reaper.spawnFiles(spec, files)
 	if err != nil {
 		unix.Close(fds[0])
@@ -377,12 +374,12 @@ func (a *agent) confineSelf() error {
 	if conf.filter == nil {
 		return nil
 	}
-	listener, err := conf.filter.Install(seccomp.AllThreads)
+	listener, err := conf.kernelFilter().Install(seccomp.AllThreads)
 	if err != nil {
 		return err
 	}
 	a.filtered = true
-	go conf.filter.Serve(listener, func(n *seccomp.Notification, _ seccomp.Decision) {
+	go conf.serveListener(listener, func(n *seccomp.Notification, _ seccomp.Decision) {
 		// A command can be refused before handleRun has registered its
 		// call (right after the fork): it waits for the answer, so
 		// waiting briefly for the registration costs it nothing else.

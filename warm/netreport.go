@@ -163,6 +163,11 @@ func (l *callLog) recipients(ref netfwd.Refusal) []*callRec {
 		}
 	}
 	l.mu.Unlock()
+	if ref.Pid > 0 {
+		if r := l.callOf(ref.Pid, byPid); r != nil {
+			return []*callRec{r}
+		}
+	}
 	client, err1 := netip.ParseAddrPort(ref.Client)
 	server, err2 := netip.ParseAddrPort(ref.Server)
 	if err1 != nil || err2 != nil || len(byPid) == 0 {

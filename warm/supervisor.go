@@ -382,7 +382,8 @@ func agentEnv(s Spec) []string {
 		env = append(env, envOneShot+"=1")
 	}
 	// Fds after the listening socket (3) and the watch pipe (4): the
-	// filter, then the report channel, each only when there is one.
+	// filter, then the report channel and the connect channel, each only
+	// when there is one.
 	env = append(env, envWatch+"="+strconv.Itoa(agentWatchFD))
 	next := agentFilterFD
 	if !s.Seccomp.Off() {
@@ -391,6 +392,9 @@ func agentEnv(s Spec) []string {
 	}
 	if s.Net != nil {
 		env = append(env, envReports+"="+strconv.Itoa(next))
+		if !s.Seccomp.Off() {
+			env = append(env, envConnects+"="+strconv.Itoa(next+1))
+		}
 	}
 	// No cgroup holds the memory limit: each command gets it as RLIMIT_AS.
 	if l := s.Create.Config.Limits; l.Memory > 0 && !l.Cgroup {
@@ -443,9 +447,10 @@ type containerAgent struct {
 // policyNet is an allow-list's network and the channel its refusals take
 // to the agent.
 type policyNet struct {
-	n       *netfwd.Net
-	reports *netfwd.ReportSender
-	agent   *os.File // the agent's end, until the container has it
+	n        *netfwd.Net
+	reports  *netfwd.ReportSender
+	agent    *os.File // the agent's end, until the container has it
+	connects *os.File // the agent's end of the connect channel, likewise; nil without a filter
 }
 
 // openPolicyNet makes the allow-list's network namespace for the container
@@ -464,16 +469,31 @@ func openPolicyNet(s Spec, logf *os.File) (*policyNet, error) {
 		n.Close()
 		return nil, err
 	}
-	return &policyNet{n: n, reports: rs, agent: agentEnd}, nil
+	p := &policyNet{n: n, reports: rs, agent: agentEnd}
+	if !s.Seccomp.Off() {
+		if p.connects, err = n.ConnectChannel(); err != nil {
+			p.close()
+			return nil, err
+		}
+	}
+	return p, nil
+}
+
+// closeAgentEnds closes this process's copies of the agent's ends.
+func (p *policyNet) closeAgentEnds() {
+	for _, f := range []**os.File{&p.agent, &p.connects} {
+		if *f != nil {
+			(*f).Close()
+			*f = nil
+		}
+	}
 }
 
 func (p *policyNet) close() error {
 	if p == nil {
 		return nil
 	}
-	if p.agent != nil {
-		p.agent.Close()
-	}
+	p.closeAgentEnds()
 	err := p.n.Close()
 	p.reports.Close()
 	return err
@@ -503,6 +523,9 @@ func startContainer(dir string, s Spec, files []*os.File, logf *os.File) (*conta
 		}
 		o.Config.NetNS = pn.n.NSPath()
 		o.ExtraFiles = append(o.ExtraFiles, pn.agent) // after the others: see agentEnv
+		if pn.connects != nil {
+			o.ExtraFiles = append(o.ExtraFiles, pn.connects)
+		}
 	}
 	c, err := createContainer(o, s)
 	if err != nil {
@@ -510,8 +533,7 @@ func startContainer(dir string, s Spec, files []*os.File, logf *os.File) (*conta
 		return nil, err
 	}
 	if pn != nil {
-		pn.agent.Close()
-		pn.agent = nil
+		pn.closeAgentEnds()
 		pn.reports.SetFlusher(pn.n.Flush)
 		pn.n.Start(pn.reports)
 	}

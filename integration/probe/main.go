@@ -6,10 +6,13 @@
 package main
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -97,6 +100,8 @@ func main() {
 		forkloop(atoi(args[0]), atoi(args[1]))
 	case "host-key": // COMMAND...: on the host, add a session key, then run COMMAND with {key} replaced
 		hostKey(args)
+	case "hold-conn": // HOST:PORT PATH: see holdConn
+		holdConn(args[0], args[1])
 	default:
 		fmt.Fprintln(os.Stderr, "probe: unknown mode", os.Args[1])
 		os.Exit(2)
@@ -220,4 +225,57 @@ func hostKey(args []string) {
 		fmt.Fprintln(os.Stderr, "probe:", err)
 		os.Exit(2)
 	}
+}
+
+// holdConn connects the way a Go program does (a non-blocking socket,
+// from a thread that is not the process's first: the main goroutine holds
+// that one), sends an HTTP/1.0 GET, and once the first line of the answer
+// is in, while the connection is still open, counts the connections to
+// the port that this network namespace holds: a connection made on the
+// host holds none here, a relayed one holds its two ends.
+func holdConn(addr, path string) {
+	runtime.LockOSThread()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			fmt.Println("dial:", err)
+			return
+		}
+		defer c.Close()
+		fmt.Fprintf(c, "GET %s HTTP/1.0\r\nHost: x\r\n\r\n", path)
+		br := bufio.NewReader(c)
+		for {
+			line, err := br.ReadString('\n')
+			if err != nil {
+				fmt.Println("read:", err)
+				return
+			}
+			if strings.TrimSpace(line) == "first" {
+				break
+			}
+		}
+		fmt.Println("first: ok")
+		_, port, _ := net.SplitHostPort(addr)
+		fmt.Printf("here: %d\n", establishedTo(atoi(port)))
+	}()
+	<-done
+}
+
+// establishedTo counts the established TCP connections of this network
+// namespace with port at either end.
+func establishedTo(port int) int {
+	n := 0
+	suffix := fmt.Sprintf(":%04X", port)
+	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, _ := os.ReadFile(f)
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			fields := strings.Fields(line)
+			if len(fields) > 3 && fields[3] == "01" && (strings.HasSuffix(fields[1], suffix) || strings.HasSuffix(fields[2], suffix)) {
+				n++
+			}
+		}
+	}
+	return n
 }
