@@ -134,11 +134,10 @@ type callerSocket struct {
 func (n *Net) connectFor(m connectMsg, listener, pidfd int) {
 	cs, host, ok := n.inspect(m, listener, pidfd)
 	if !ok {
+		// Answering a call that is gone fails harmlessly; one that still
+		// waits must be answered whatever went wrong.
 		_ = seccomp.Continue(listener, m.ID)
 		return
-	}
-	if cs == nil {
-		return // the caller is gone
 	}
 	ctx, cancel := context.WithTimeout(n.ctx, dialTimeout)
 	defer cancel()
@@ -191,11 +190,11 @@ func (f *failure) errno() unix.Errno {
 }
 
 // inspect reads the intercepted call: ok is false when it should continue
-// as made; cs is nil (with ok) when the caller is gone.
+// as made, or cannot be read (its caller may be gone).
 func (n *Net) inspect(m connectMsg, listener, pidfd int) (cs *callerSocket, host netpolicy.Host, ok bool) {
 	pid, err := pidOfPidfd(pidfd)
 	if err != nil {
-		return nil, host, true
+		return nil, host, false
 	}
 	sa, err := readMem(pid, m.Addr, m.AddrLen)
 	if err != nil {
@@ -218,7 +217,7 @@ func (n *Net) inspect(m connectMsg, listener, pidfd int) (cs *callerSocket, host
 	// Everything above was read while the call waited; if it does not
 	// still wait, pid may be someone else's by now.
 	if !seccomp.Valid(listener, m.ID) {
-		return nil, host, true
+		return nil, host, false
 	}
 	return cs, host, true
 }
