@@ -74,7 +74,7 @@ func (f *Filter) ServeIntercepting(listener int, report func(n *Notification, d 
 				// answer lets through a call the profile does not allow.
 				errno = unix.EPERM
 			}
-			respond(listener, n.ID, errno)
+			_ = Return(listener, n.ID, 0, errno)
 		}()
 	}
 }
@@ -102,11 +102,6 @@ func receive(fd int) (*Notification, error) {
 		return nil, errno
 	}
 	return &n, nil
-}
-
-func respond(fd int, id uint64, errno unix.Errno) {
-	r := notifResp{ID: id, Error: -int32(errno)}
-	_, _, _ = unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SECCOMP_IOCTL_NOTIF_SEND, uintptr(unsafe.Pointer(&r)))
 }
 
 // Valid reports whether notification id is still waiting: the process
