@@ -151,8 +151,9 @@ func (n *Net) connectFor(m connectMsg, listener, pidfd int) {
 		}
 	}
 	if f != nil {
-		key := netpolicy.HostPort(host, port)
-		n.report(Refusal{Line: fmt.Sprintf("%s %s (%s)", f.verb, key, f.reason), Key: key, Proto: "tcp", Pid: int(m.Pid), Open: true})
+		r := f.refusal(host, port)
+		r.Pid = int(m.Pid)
+		n.report(r)
 		_ = seccomp.Return(listener, m.ID, 0, f.errno())
 		return
 	}

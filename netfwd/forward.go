@@ -216,16 +216,18 @@ func shortErr(err error) string {
 // refuse tells the caller, then ends the client's connection: a transparent
 // one with a reset, a proxied one with the proxy protocol's refusal.
 func (n *Net) refuse(req *request, f *failure) {
-	key := netpolicy.HostPort(req.host, req.port)
-	n.report(Refusal{
-		Line:   fmt.Sprintf("%s %s (%s)", f.verb, key, f.reason),
-		Key:    key,
-		Proto:  "tcp",
-		Client: addrPortOf(req.client.RemoteAddr()).String(),
-		Server: addrPortOf(req.client.LocalAddr()).String(),
-		Open:   true,
-	})
-	req.fail(f, key)
+	r := f.refusal(req.host, req.port)
+	r.Client = addrPortOf(req.client.RemoteAddr()).String()
+	r.Server = addrPortOf(req.client.LocalAddr()).String()
+	n.report(r)
+	req.fail(f, r.Key)
+}
+
+// refusal is the report of f for a TCP connection to host:port that waits
+// for its line.
+func (f *failure) refusal(host netpolicy.Host, port uint16) Refusal {
+	key := netpolicy.HostPort(host, port)
+	return Refusal{Line: fmt.Sprintf("%s %s (%s)", f.verb, key, f.reason), Key: key, Proto: "tcp", Open: true}
 }
 
 func (n *Net) report(r Refusal) {
