@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/unixfd"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/netpolicy"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/seccomp"
 )
@@ -87,36 +88,16 @@ func (n *Net) serveConnects(c *net.UnixConn) {
 		if err != nil || (k == 0 && oobn == 0) {
 			return
 		}
-		fds := receivedFDs(oob[:oobn])
+		fds, err := unixfd.Rights(oob[:oobn])
 		var m connectMsg
-		if k != connectMsgSize || len(fds) != 2 || binary.Read(bytes.NewReader(buf[:k]), binary.NativeEndian, &m) != nil {
-			closeAll(fds)
+		if err != nil || k != connectMsgSize || len(fds) != 2 || binary.Read(bytes.NewReader(buf[:k]), binary.NativeEndian, &m) != nil {
+			unixfd.CloseAll(fds)
 			continue
 		}
 		n.goServe(func() {
-			defer closeAll(fds)
+			defer unixfd.CloseAll(fds)
 			n.connectFor(m, fds[0], fds[1])
 		})
-	}
-}
-
-func receivedFDs(oob []byte) []int {
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return nil
-	}
-	var fds []int
-	for _, m := range msgs {
-		if got, err := unix.ParseUnixRights(&m); err == nil {
-			fds = append(fds, got...)
-		}
-	}
-	return fds
-}
-
-func closeAll(fds []int) {
-	for _, fd := range fds {
-		unix.Close(fd)
 	}
 }
 

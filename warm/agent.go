@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/unixfd"
 )
 
 // Environment of the agent, set by the supervisor.
@@ -374,20 +376,20 @@ func (a *agent) handle(c conn) {
 			a.finish(0)
 		}
 	case msgStatus:
-		closeAll(fds)
+		unixfd.CloseAll(fds)
 		_ = c.send(&message{Type: msgStatus, Proto: Proto, Build: a.build, Status: a.status()})
 	case msgExpire:
-		closeAll(fds)
+		unixfd.CloseAll(fds)
 		a.mu.Lock()
 		a.expire = true
 		a.mu.Unlock()
 		_ = c.send(&message{Type: msgExpire, Proto: Proto})
 	case msgStop:
-		closeAll(fds)
+		unixfd.CloseAll(fds)
 		_ = c.send(&message{Type: msgStop, Proto: Proto})
 		a.finish(0)
 	default:
-		closeAll(fds)
+		unixfd.CloseAll(fds)
 		_ = c.send(&message{Type: msgError, Code: 125, Message: "unknown request type " + strconv.Quote(m.Type)})
 	}
 }
@@ -397,7 +399,7 @@ func (a *agent) handle(c conn) {
 // status request right after the client's return sees it idle.
 func (a *agent) handleRun(c conn, m *message, fds []int) {
 	if !a.checkRun(c, m, fds) {
-		closeAll(fds)
+		unixfd.CloseAll(fds)
 		a.end()
 		return
 	}
@@ -406,7 +408,7 @@ func (a *agent) handleRun(c conn, m *message, fds []int) {
 		// helper is otherwise never read by the agent.
 		if err := m.loadBody(fds); err != nil {
 			_ = c.send(&message{Type: msgError, Code: 125, Message: err.Error()})
-			closeAll(fds)
+			unixfd.CloseAll(fds)
 			a.end()
 			return
 		}
@@ -428,7 +430,7 @@ func (a *agent) handleRun(c conn, m *message, fds []int) {
 		defer rep.close()
 	}
 	p, cerr := a.start(c, m, fds, rep)
-	closeAll(fds) // the command has its own copies
+	unixfd.CloseAll(fds) // the command has its own copies
 	if cerr == errClientGone {
 		a.end()
 		return
@@ -501,7 +503,7 @@ func (a *agent) relay(c conn, p *proc, grace time.Duration, done chan<- struct{}
 	ending := false
 	for {
 		m, fds, err := c.recv()
-		closeAll(fds)
+		unixfd.CloseAll(fds)
 		if errors.Is(err, io.EOF) || err != nil {
 			p.kill(unix.SIGKILL)
 			return
@@ -535,7 +537,7 @@ func tell(c conn, n *message) bool {
 		return false
 	}
 	m, fds, err := c.recv()
-	closeAll(fds)
+	unixfd.CloseAll(fds)
 	return err == nil && m.Type == msgNoticed && c.setTimeout(0) == nil
 }
 

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/execargs"
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/unixfd"
 )
 
 // probeScript prints what the shell was started with, as the kernel holds
@@ -311,7 +312,7 @@ func FuzzRunMessageRoundTrip(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer closeAll(gotFDs)
+		defer unixfd.CloseAll(gotFDs)
 		if err := got.loadBody(gotFDs); err != nil {
 			t.Fatal(err)
 		}

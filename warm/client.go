@@ -16,6 +16,7 @@ import (
 
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/execargs"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/termtext"
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/unixfd"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/namespace"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/netpolicy"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/oci"
@@ -276,7 +277,7 @@ func call(c conn, r Request, m *message, bodyFD int) (int, error) {
 		return exitSandbox, fmt.Errorf("sandbox agent: %w", err)
 	}
 	reply, fds2, err := c.recv()
-	closeAll(fds2)
+	unixfd.CloseAll(fds2)
 	for err == nil && reply.Type == msgNotice {
 		// Printed before the command starts, and acknowledged so that
 		// it starts only then.
@@ -288,7 +289,7 @@ func call(c conn, r Request, m *message, bodyFD int) (int, error) {
 			return exitSandbox, agentDied(err)
 		}
 		reply, fds2, err = c.recv()
-		closeAll(fds2)
+		unixfd.CloseAll(fds2)
 		if errors.Is(err, unix.ECONNRESET) {
 			return exitSandbox, agentDied(err)
 		}
@@ -440,7 +441,7 @@ func (e exitResult) code(ended int) (int, error) {
 func readExit(c conn, out chan<- exitResult) {
 	for {
 		m, fds, err := c.recv()
-		closeAll(fds)
+		unixfd.CloseAll(fds)
 		if err != nil {
 			out <- exitResult{err: err}
 			return

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"sort"
 	"time"
+
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/unixfd"
 )
 
 // evict runs in the supervisor of a new container, once it is ready. It
@@ -111,7 +113,7 @@ func askExpire(sock string) error {
 		return err
 	}
 	m, fds, err := c.recv()
-	closeAll(fds)
+	unixfd.CloseAll(fds)
 	if err != nil {
 		return err
 	}

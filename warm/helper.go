@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/unixfd"
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/seccomp"
 )
 
@@ -191,7 +192,7 @@ func awaitHelper(c conn) error {
 		return err
 	}
 	m, fds, err := c.recv()
-	closeAll(fds)
+	unixfd.CloseAll(fds)
 	if err != nil {
 		return fmt.Errorf("identity helper did not start: %w", err)
 	}
@@ -224,7 +225,7 @@ func (h *helper) serve(c conn, m *message, fds []int, onPid func(int)) bool {
 		h.complete(id)
 		return false
 	}
-	closeAll(fds)
+	unixfd.CloseAll(fds)
 	<-done
 	return true
 }
@@ -270,7 +271,7 @@ func (h *helper) started(id int64, pgid int) {
 func (h *helper) readLoop(forget func()) {
 	for {
 		m, fds, err := h.c.recv()
-		closeAll(fds)
+		unixfd.CloseAll(fds)
 		if err != nil {
 			break
 		}
@@ -347,7 +348,7 @@ func runHelper() int {
 			return 0
 		}
 		if m.Type != msgRun || len(fds) != 4+m.bodyFDs() {
-			closeAll(fds)
+			unixfd.CloseAll(fds)
 			continue
 		}
 		go func() {

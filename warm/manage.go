@@ -8,6 +8,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/unixfd"
 )
 
 // statusTimeout bounds how long List waits for one agent.
@@ -95,7 +97,7 @@ func askStatus(sock string) (*agentStatus, error) {
 		return nil, err
 	}
 	m, fds, err := c.recv()
-	closeAll(fds)
+	unixfd.CloseAll(fds)
 	if err != nil {
 		return nil, err
 	}
@@ -205,7 +207,7 @@ func askStop(sock string) {
 	defer c.close()
 	if c.send(&message{Type: msgStop, Proto: Proto}) == nil {
 		_, fds, _ := c.recv()
-		closeAll(fds)
+		unixfd.CloseAll(fds)
 	}
 }
 

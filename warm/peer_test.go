@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/unixfd"
 )
 
 // envTestListener makes the test binary a listener on the socket path in
@@ -35,7 +37,7 @@ func testListenerMain(path string) int {
 		c := conn{fd: fd}
 		_ = c.setTimeout(2 * time.Second)
 		m, fds, err := c.recv()
-		closeAll(fds)
+		unixfd.CloseAll(fds)
 		if err == nil {
 			fmt.Printf("received %s with %d fds\n", m.Type, len(fds))
 		} else {

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/execargs"
+	"github.com/lectic-nix-sandbox/lectic-nix-sandbox/internal/unixfd"
 )
 
 // Proto is the version of the wire protocol between client and agent. A
@@ -200,23 +201,23 @@ func (c conn) recv() (*message, []int, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("receive message: %w", err)
 	}
-	fds, err := parseRights(oob[:oobn])
+	fds, err := unixfd.Rights(oob[:oobn])
 	if err != nil {
 		return nil, nil, err
 	}
 	if n == 0 {
-		closeAll(fds)
+		unixfd.CloseAll(fds)
 		return nil, nil, io.EOF
 	}
 	if flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 || n > maxMessage {
-		closeAll(fds)
+		unixfd.CloseAll(fds)
 		return nil, nil, errors.New("receive message: message too large")
 	}
 	// JSON never holds a raw NUL: one ends the header and starts a body.
 	head, inline, hasBody := bytes.Cut(buf[:n], []byte{0})
 	var m message
 	if err := json.Unmarshal(head, &m); err != nil {
-		closeAll(fds)
+		unixfd.CloseAll(fds)
 		return nil, nil, fmt.Errorf("decode message: %w", err)
 	}
 	if hasBody {
@@ -252,32 +253,6 @@ func (c conn) setTimeout(d time.Duration) error {
 		return fmt.Errorf("set send timeout: %w", err)
 	}
 	return nil
-}
-
-func parseRights(oob []byte) ([]int, error) {
-	if len(oob) == 0 {
-		return nil, nil
-	}
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return nil, fmt.Errorf("parse control message: %w", err)
-	}
-	var fds []int
-	for _, m := range msgs {
-		got, err := unix.ParseUnixRights(&m)
-		if err != nil {
-			closeAll(fds)
-			return nil, fmt.Errorf("parse passed fds: %w", err)
-		}
-		fds = append(fds, got...)
-	}
-	return fds, nil
-}
-
-func closeAll(fds []int) {
-	for _, fd := range fds {
-		_ = unix.Close(fd)
-	}
 }
 
 // checkSocketPath fails clearly when a path cannot be a unix socket address.
