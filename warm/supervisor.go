@@ -392,7 +392,7 @@ func agentEnv(s Spec) []string {
 	}
 	if s.Net != nil {
 		env = append(env, envReports+"="+strconv.Itoa(next))
-		if !s.Seccomp.Off() {
+		if s.connectsOnHost() {
 			env = append(env, envConnects+"="+strconv.Itoa(next+1))
 		}
 	}
@@ -444,6 +444,12 @@ type containerAgent struct {
 	net *policyNet
 }
 
+// connectsOnHost says whether the commands of s connect through the
+// supervisor (netfwd.Net.ConnectChannel): with an allow-list, when a
+// filter can intercept their connect(2). The agent's environment and its
+// extra files must agree on it.
+func (s Spec) connectsOnHost() bool { return s.Net != nil && !s.Seccomp.Off() }
+
 // policyNet is an allow-list's network and the channel its refusals take
 // to the agent.
 type policyNet struct {
@@ -470,7 +476,7 @@ func openPolicyNet(s Spec, logf *os.File) (*policyNet, error) {
 		return nil, err
 	}
 	p := &policyNet{n: n, reports: rs, agent: agentEnd}
-	if !s.Seccomp.Off() {
+	if s.connectsOnHost() {
 		if p.connects, err = n.ConnectChannel(); err != nil {
 			p.close()
 			return nil, err
